@@ -1,0 +1,55 @@
+"""Atomic file writes and the one error type for bad input.
+
+Every result, checkpoint and JSON file darth_ray writes goes through here, so a crash mid-write leaves either the
+old file or the new one, never half of one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+class InputError(ValueError):
+    """Bad user input: always names the file (and line or field) it comes from."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
+        self.path, self.line = str(path), line
+        where = f"{path}:{line}" if line is not None else f"{path}"
+        super().__init__(f"{where}: {message}")
+
+
+def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    return _atomic(path, write)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    import torch
+
+    return _atomic(path, lambda tmp: torch.save(obj, tmp))
