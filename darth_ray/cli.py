@@ -21,7 +21,8 @@ log = logging.getLogger("darth_ray")
 def _synth(args: argparse.Namespace) -> None:
     from darth_ray.data.synth import SynthConfig, generate_benchmark
 
-    fields = {k: v for k, v in vars(args).items() if k in SynthConfig.__dataclass_fields__ and v is not None}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+              if k in SynthConfig.__dataclass_fields__ and v is not None}
     summary = generate_benchmark(args.out, SynthConfig(**fields), progress=not args.quiet)
     print(f"wrote the benchmark to {args.out}: domains {', '.join(summary['domains'])}")
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--people", type=int, default=None, help="people per sequence")
     p.add_argument("--train-sequences", type=int, default=None, help="sequences in each train split")
     p.add_argument("--val-sequences", type=int, default=None, help="sequences in each val split")
-    p.add_argument("--shift-strength", dest="strength", type=float, default=None,
+    p.add_argument("--shift-strength", type=float, default=None,
                    help="strength of the target-domain shifts, 0..1")
     p.add_argument("--domains", nargs="+", default=None, help="domains to write (default: source and all targets)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
