@@ -2,6 +2,10 @@
 
     darth-ray synth        generate the embedded DanceTrack-like benchmark (source + shifted target domains)
     darth-ray evaluate     score MOTChallenge result files: HOTA/DetA/AssA/LocA (TrackEval), MOTA/IDF1 (motmetrics)
+    darth-ray train-source supervised QDTrack training on a labelled (source) domain
+    darth-ray track        run a checkpoint + QuasiDenseTracker over sequences, write MOTChallenge results
+    darth-ray adapt        DARTH test-time adaptation of a source checkpoint on unlabeled target sequences
+    darth-ray convert-mmtrack  import an mmtrack 0.14 QDTrack checkpoint into the r50_fpn model
 
 Heavy modules (torch, ray) are imported inside the handlers so `--help` answers at once. Bad input ends with
 one line naming the file and line, and exit code 2.
@@ -35,6 +39,117 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.json:
         atomic_write_json(args.json, metrics)
         print(f"wrote {args.json}")
+
+
+def _tracker_params(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in TRACKER_OPTIONS if getattr(args, k, None) is not None}
+
+
+TRACKER_OPTIONS = ("init_score_thr", "obj_score_thr", "match_score_thr", "memo_tracklet_frames", "memo_momentum")
+
+
+def _add_tracker_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tracker (QuasiDenseTracker; defaults are QDTrack's MOT17/DanceTrack values)")
+    g.add_argument("--init-score-thr", type=float, help="score to start a new track (0.9)")
+    g.add_argument("--obj-score-thr", type=float, help="score to keep a matched detection (0.5)")
+    g.add_argument("--match-score-thr", type=float, help="bi-softmax similarity to match a track (0.5)")
+    g.add_argument("--memo-tracklet-frames", type=int, help="frames a lost track is remembered (30)")
+    g.add_argument("--memo-momentum", type=float, help="momentum of track embeddings (0.8)")
+
+
+def _track(args: argparse.Namespace) -> None:
+    import torch
+
+    from darth_ray.data.mot import load_sequences
+    from darth_ray.eval.metrics import format_table, score_results
+    from darth_ray.eval.track import track_sequences
+    from darth_ray.models.qdtrack import load_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, _ = load_checkpoint(args.checkpoint, map_location=device)
+    model.to(device)
+    sequences = load_sequences(args.data, split=args.split, require_images=True)
+    results = track_sequences(model, sequences, args.out, _tracker_params(args), batch_size=args.batch_size,
+                              max_size=args.max_size, show_progress=not args.quiet)
+    print(f"wrote {len(results)} result files to {args.out}")
+    if all(seq.has_gt for seq in sequences):
+        metrics = score_results(sequences, results)
+        print(format_table(metrics))
+        atomic_write_json(Path(args.out) / "metrics.json", metrics)
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+
+
+def _train_source(args: argparse.Namespace) -> None:
+    import torch
+
+    from darth_ray.models.source_training import SourceTrainConfig, train_source
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    fields = {k: getattr(args, k) for k in SourceTrainConfig.__dataclass_fields__ if getattr(args, k, None) is not None}
+    final = train_source(args.data, args.out, SourceTrainConfig(**fields), split=args.split,
+                         resume=not args.no_resume, show_progress=not args.quiet)
+    print(f"final checkpoint: {final}")
+
+
+def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str) -> None:
+    """One --option per field of a config dataclass, typed after its default; defaults stay the dataclass's."""
+    import dataclasses
+    import typing
+
+    g = p.add_argument_group(title)
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        default = f.default
+        kind = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        text = f"(default: {default})"
+        if isinstance(default, bool):
+            g.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), metavar="BOOL", help=text)
+        elif isinstance(default, tuple) or "tuple" in str(kind):
+            elem = int if "int" in str(kind) and "float" not in str(kind) else float
+            g.add_argument(flag, type=elem, nargs="+", metavar="X", help=text)
+        elif isinstance(default, int) and not ("float" in str(kind)):
+            g.add_argument(flag, type=int, metavar="N", help=text)
+        else:
+            g.add_argument(flag, type=float, metavar="X", help=text)
+
+
+def _config_from_args(args: argparse.Namespace, config_cls):
+    import dataclasses
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+              if getattr(args, f.name, None) is not None}
+    return config_cls.from_dict(values)
+
+
+def _adapt(args: argparse.Namespace) -> None:
+    import torch
+
+    from darth_ray.adapt.config import DarthConfig
+    from darth_ray.adapt.loop import adapt
+    from darth_ray.eval.metrics import format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = _config_from_args(args, DarthConfig)
+    summary = adapt(args.source, args.target, args.out, config, split=args.split,
+                    checkpoint_every=args.checkpoint_every, tracker_params=_tracker_params(args),
+                    resume=not args.no_resume, evaluate_source=args.compare_source, show_progress=not args.quiet)
+    print(f"adapted student: {summary['final_checkpoint']}")
+    if "metrics" in summary:
+        if "source_metrics" in summary:
+            print("source model:\n" + format_table(summary["source_metrics"]))
+        print("DARTH:\n" + format_table(summary["metrics"]))
+        print(f"wrote {Path(args.out) / 'metrics.json'}")
+
+
+def _convert_mmtrack(args: argparse.Namespace) -> None:
+    from darth_ray.models.convert_mmtrack import convert_mmtrack_checkpoint
+
+    print(f"wrote {convert_mmtrack_checkpoint(args.input, args.output)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +187,71 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MOT15: no class column; MOT17: classes with distractors and ignore flags "
                         "(also MOT16/20 and DanceTrack); auto: decide from the ground truth (default)")
     p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("train-source", help="supervised QDTrack training on a labelled domain",
+                       description="Detection + quasi-dense track losses on key/reference frame pairs. Writes "
+                                   "OUT/last.pt periodically and OUT/final.pt at the end (atomic); rerunning with "
+                                   "the same --out resumes from OUT/last.pt.")
+    p.add_argument("--data", type=Path, required=True, help="dataset root or split directory with gt")
+    p.add_argument("--split", default=None, help="split under --data (e.g. train)")
+    p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints and train_log.jsonl")
+    p.add_argument("--model", choices=("small", "r50_fpn"), default=None, help="model configuration (small)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the frames (12)")
+    p.add_argument("--batch-size", type=int, default=None, help="frame pairs per step (2)")
+    p.add_argument("--lr", type=float, default=None, help="SGD learning rate (0.02)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (100)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train_source)
+
+    p = sub.add_parser("track", help="track sequences with a checkpoint and write MOTChallenge results",
+                       description="Writes OUT/<seq>.txt for every sequence; when the sequences have ground "
+                                   "truth, also prints the metrics and writes OUT/metrics.json.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a darth_ray checkpoint (final.pt)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root or split directory")
+    p.add_argument("--split", default=None, help="split under --data (e.g. val)")
+    p.add_argument("--out", type=Path, required=True, help="output directory for <seq>.txt")
+    p.add_argument("--max-size", type=int, default=None,
+                   help="resize frames to fit MAX x MAX keeping the ratio (e.g. 1088 for DanceTrack; default: "
+                        "native size)")
+    p.add_argument("--batch-size", type=int, default=4, help="frames per detector forward (4)")
+    p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_tracker_options(p)
+    p.set_defaults(handler=_track)
+
+    p = sub.add_parser("adapt", help="DARTH test-time adaptation on unlabeled target sequences",
+                       description="Adapts a source checkpoint to the target sequences (no labels used) for "
+                                   "--epochs epochs, then tracks them with the adapted student. Writes "
+                                   "OUT/final.pt (loadable by `track`), OUT/last.pt (full state; a rerun resumes "
+                                   "from it), OUT/adapt_log.jsonl (per-step losses), and, when the targets have "
+                                   "ground truth, OUT/results/<seq>.txt and OUT/metrics.json.")
+    p.add_argument("--source", type=Path, required=True, help="source checkpoint (train-source's final.pt)")
+    p.add_argument("--target", type=Path, required=True, help="target dataset root or split directory")
+    p.add_argument("--split", default=None, help="split under --target (e.g. val)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (50)")
+    p.add_argument("--compare-source", action="store_true",
+                   help="also track with the source model and write OUT/source_metrics.json")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    from darth_ray.adapt.config import DarthConfig
+    _add_config_options(p, DarthConfig, "DARTH configuration (the knobs Ray Tune searches)")
+    _add_tracker_options(p)
+    p.set_defaults(handler=_adapt)
+
+    p = sub.add_parser("convert-mmtrack", help="import an mmtrack 0.14 QDTrack checkpoint (r50_fpn)",
+                       description="Every source key is consumed and every model key filled; shapes are checked.")
+    p.add_argument("input", type=Path, help="mmtrack checkpoint (.pth)")
+    p.add_argument("output", type=Path, help="darth_ray checkpoint to write (.pt)")
+    p.set_defaults(handler=_convert_mmtrack)
     return parser
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,3 +41,19 @@ def local_ray_head(request):
                 ray.shutdown()
         finally:
             head.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A 96x64, 6-frame benchmark (source + night, 2 val sequences) and a random-init small source checkpoint."""
+    import torch
+
+    from darth_ray.data.synth import SynthConfig, generate_benchmark
+    from darth_ray.models.qdtrack import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny")
+    generate_benchmark(root / "bench", SynthConfig(domains=("source", "night"), train_sequences=1, val_sequences=2,
+                                                   frames=6, width=96, height=64, people=3), progress=False)
+    save_checkpoint(root / "source.pt", build_model("small"))
+    return root

@@ -25,3 +25,16 @@ def format_results(frames, ids, boxes_xyxy, scores) -> str:
 
 def write_results(path: Path, frames, ids, boxes_xyxy, scores) -> Path:
     return atomic_write_text(path, format_results(frames, ids, boxes_xyxy, scores))
+
+
+def results_to_tracks(frames, ids, boxes, scores):
+    """Result arrays as the evaluator's Tracks, rounded exactly as `format_results` writes them."""
+    from darth_ray.data.mot import Tracks
+
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    xywh = np.round(np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1), 2)
+    order = np.argsort(np.asarray(frames), kind="stable")
+    n = len(order)
+    return Tracks(frames=np.asarray(frames, np.int64)[order], ids=np.asarray(ids, np.int64)[order],
+                  boxes=xywh[order], conf=np.round(np.asarray(scores, np.float64), 4)[order],
+                  classes=np.full(n, -1.0), visibility=np.full(n, -1.0), lines=np.arange(1, n + 1))

@@ -49,7 +49,7 @@ DOMAIN_DESCRIPTIONS = {
 SPLITS = ("train", "val")
 BENCHMARK_FILE = "benchmark.json"
 BENCHMARK_FORMAT = "darth_ray.synth"
-BENCHMARK_VERSION = 1
+BENCHMARK_VERSION = 2  # bump whenever rendering changes: caches regenerate
 
 # Sizes below are designed for the default 320x192 frame and scale with the frame height.
 _REFERENCE_HEIGHT = 192
@@ -600,7 +600,7 @@ def _texture_overlay(rng: np.random.Generator, width: int, height: int, margin: 
         else:
             dx, dy = rng.uniform(-8, 8, 2) * scale
             cv2.line(confetti, (x0, y0), (int(x0 + dx), int(y0 + dy)), colour, max(1, int(2 * scale)), cv2.LINE_AA)
-    mix = 0.7 * strength
+    mix = min(1.0, 1.2 * strength)
     out = clean.astype(np.float32) * (1 - mix) + confetti.astype(np.float32) * mix
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
@@ -632,12 +632,12 @@ class _DomainRenderer:
             H, W = config.height, config.width
             yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
             r2 = ((xx - W / 2) / (W / 2)) ** 2 + ((yy - H / 2) / (H / 2)) ** 2
-            self.vignette = (1.0 - 0.35 * strength * np.clip(r2 / 2, 0, 1))[..., None]
+            self.vignette = (1.0 - 0.3 * strength * np.clip(r2 / 2, 0, 1))[..., None]
         if domain == "fog":
             H = config.height
             rows = np.arange(H, dtype=np.float32)[:, None, None] / H
             # Denser toward the top of the frame: the far end of the room.
-            self.fog_density = np.clip(0.7 * strength * (1.25 - 0.5 * rows), 0, 0.95)
+            self.fog_density = np.clip(0.55 * strength * (1.25 - 0.5 * rows), 0, 0.95)
 
     def frame_background(self, t: int) -> np.ndarray:
         config, scene = self.scene.config, self.scene
@@ -656,10 +656,10 @@ class _DomainRenderer:
         if self.domain in (SOURCE_DOMAIN, "texture") or s == 0:
             return image
         if self.domain == "night":
-            cast = np.array([1.0, 1.0 - 0.25 * s, 1.0 - 0.45 * s], np.float32)   # BGR: blue-ish moonlight
-            x = (image / 255.0) ** (1.0 + 1.0 * s) * (1.0 - 0.55 * s)
+            cast = np.array([1.0, 1.0 - 0.15 * s, 1.0 - 0.3 * s], np.float32)    # BGR: blue-ish moonlight
+            x = (image / 255.0) ** (1.0 + 0.5 * s) * (1.0 - 0.35 * s)
             x = x * cast * self.vignette
-            x = x.mean() + (x - x.mean()) * (1.0 - 0.3 * s) + 0.02 * s            # lifted, flatter blacks
+            x = x.mean() + (x - x.mean()) * (1.0 - 0.25 * s) + 0.02 * s           # lifted, flatter blacks
             return x * 255.0
         if self.domain == "fog":
             blurred = cv2.GaussianBlur(image, (0, 0), max(0.3, 1.5 * s * scale))
@@ -667,11 +667,11 @@ class _DomainRenderer:
             return blurred * (1 - self.fog_density) + fog_colour * self.fog_density
         if self.domain == "noise_blur":
             rng = _rng(*self.scene.seed_key, 3, _domain_code(self.domain), t)
-            length = max(1.0, (2 + 8 * s) * scale * rng.uniform(0.7, 1.3))
+            length = max(1.0, (3 + 14 * s) * scale * rng.uniform(0.7, 1.3))
             blurred = cv2.filter2D(image, -1, _line_kernel(length, self.blur_angle), borderType=cv2.BORDER_REFLECT)
             H, W = image.shape[:2]
-            luma = rng.standard_normal((H, W, 1), dtype=np.float32) * np.float32(30 * s)
-            chroma = rng.standard_normal((H, W, 3), dtype=np.float32) * np.float32(12 * s)
+            luma = rng.standard_normal((H, W, 1), dtype=np.float32) * np.float32(60 * s)
+            chroma = rng.standard_normal((H, W, 3), dtype=np.float32) * np.float32(20 * s)
             return blurred + luma + chroma
         raise AssertionError(self.domain)
 

@@ -147,6 +147,14 @@ def evaluate_pairs(pairs: dict[str, tuple[Tracks, Tracks, int]], benchmark: str 
     return out
 
 
+def score_results(sequences: list[Sequence], results: dict[str, dict]) -> dict[str, dict]:
+    """Metrics of per-sequence result arrays ({"frames", "ids", "boxes", "scores"}), exactly as if they had been
+    written with `write_results` and read back."""
+    from darth_ray.data.results import results_to_tracks
+
+    return evaluate_pairs({s.name: (s.gt, results_to_tracks(**results[s.name]), s.num_frames) for s in sequences})
+
+
 def load_results(results_dir: Path, sequences: list[Sequence]) -> dict[str, Tracks]:
     """Read `<results_dir>/<seq>.txt` for every ground-truth sequence; refuse strays and an empty directory."""
     results_dir = Path(results_dir)

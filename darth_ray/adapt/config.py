@@ -1,0 +1,167 @@
+"""Every DARTH knob (what Ray Tune searches) and the adaptation loop's settings, in one frozen dataclass.
+
+Defaults are the published configuration (mattiasegu/darth,
+``configs/adapters/darth/darth_qdtrack_faster_rcnn_r50_fpn_4e_base.py`` and mmtrack's ``SeqPhotoMetricDistortion``).
+``aug_strength`` scales every augmentation range at once: 0 = no augmentation (the plain resized frame), 1 = the
+published ranges, 2 = twice as wide.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+MAX_AUG_STRENGTH = 2.0
+
+
+@dataclass(frozen=True)
+class AugmentationRanges:
+    """The view augmentation ranges after scaling by ``aug_strength`` (what ``build_views`` samples from)."""
+
+    scale_range: tuple[float, float]  # resize factor around the target size, keep ratio
+    flip_prob: float
+    photometric_prob: float  # each photometric op (brightness, contrast, saturation, hue) applied with this prob
+    brightness_delta: float  # added to all channels, of 255
+    contrast_range: tuple[float, float]  # multiplies all channels
+    saturation_range: tuple[float, float]  # multiplies the chroma
+    hue_delta: float  # hue rotation, degrees
+    channel_swap_prob: float  # random permutation of the colour channels
+
+
+@dataclass(frozen=True)
+class DarthConfig:
+    # View augmentation (DARTH.md "Teacher view" / "Student view" / "Contrastive view").
+    aug_strength: float = 1.0
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    flip_prob: float = 0.5
+    photometric_prob: float = 0.5
+    brightness_delta: float = 32.0
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    hue_delta: float = 18.0
+    channel_swap_prob: float = 0.5
+    # Views are cropped (or padded) to this (w, h); None = the frame size.
+    target_size: tuple[int, int] | None = None
+
+    # Losses: total = rpn_weight * rpn + roi_weight * roi + contrastive_weight * track losses.
+    rpn_weight: float = 0.1
+    roi_weight: float = 0.1
+    contrastive_weight: float = 1.0
+    # Teacher = (1 - ema_momentum) * teacher + ema_momentum * student after every step; 0 = a frozen teacher
+    # (the paper's ablation).
+    ema_momentum: float = 0.002
+    # Teacher detections scoring above this become pseudo-boxes.
+    conf_thr: float = 0.7
+
+    # Optimiser and schedule (SGD, lr x lr_gamma at each epoch in lr_steps).
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 35.0  # max L2 norm of all gradients; None = no clipping
+    epochs: int = 4
+    lr_steps: tuple[int, ...] = (3,)
+    lr_gamma: float = 0.1
+    frames_per_batch: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ValueError("invalid DarthConfig: " + "; ".join(problems))
+
+    def effective_ranges(self) -> AugmentationRanges:
+        """Ranges scaled by aug_strength. Intervals shrink/grow around the identity (1 for factors, 0 for deltas);
+        probabilities of flip and channel swap grow with strength up to the published value, never beyond it
+        (a flip that always happens adds no diversity)."""
+        k = self.aug_strength
+
+        def around_one(r: tuple[float, float]) -> tuple[float, float]:
+            return (max(0.0, 1.0 + (r[0] - 1.0) * k), 1.0 + (r[1] - 1.0) * k)
+
+        return AugmentationRanges(
+            scale_range=around_one(self.scale_range),
+            flip_prob=self.flip_prob * min(k, 1.0),
+            photometric_prob=self.photometric_prob,
+            brightness_delta=min(self.brightness_delta * k, 255.0),
+            contrast_range=around_one(self.contrast_range),
+            saturation_range=around_one(self.saturation_range),
+            hue_delta=min(self.hue_delta * k, 180.0),
+            channel_swap_prob=self.channel_swap_prob * min(k, 1.0),
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DarthConfig":
+        """Build from a plain dict (Ray Tune's config); lists become tuples; unknown keys raise ValueError."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"unknown DarthConfig keys: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _problems(c: DarthConfig) -> list[str]:
+    p: list[str] = []
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def in_range(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+        v = getattr(c, name)
+        ok = number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            p.append(f"{name} must be in {interval}, got {v!r}")
+
+    def interval(name: str, lo: float, lo_open: bool) -> bool:
+        v = getattr(c, name)
+        ok = (isinstance(v, tuple) and len(v) == 2 and all(number(x) for x in v)
+              and (v[0] > lo if lo_open else v[0] >= lo) and v[0] <= v[1])
+        if not ok:
+            p.append(f"{name} must be a pair (low, high) with {lo} {'<' if lo_open else '<='} low <= high, got {v!r}")
+        return ok
+
+    in_range("aug_strength", 0.0, MAX_AUG_STRENGTH)
+    if interval("scale_range", 0.0, lo_open=True) and number(c.aug_strength):
+        low = 1.0 + (c.scale_range[0] - 1.0) * c.aug_strength
+        if low <= 0:
+            p.append(f"scale_range {c.scale_range!r} scaled by aug_strength {c.aug_strength} has low {low:g} <= 0")
+    interval("contrast_range", 0.0, lo_open=False)
+    interval("saturation_range", 0.0, lo_open=False)
+    in_range("flip_prob", 0.0, 1.0)
+    in_range("photometric_prob", 0.0, 1.0)
+    in_range("channel_swap_prob", 0.0, 1.0)
+    in_range("brightness_delta", 0.0, 255.0)
+    in_range("hue_delta", 0.0, 180.0)
+    ts = c.target_size
+    if ts is not None and not (isinstance(ts, tuple) and len(ts) == 2 and all(integer(x) and x > 0 for x in ts)):
+        p.append(f"target_size must be None or (w, h) of positive ints, got {ts!r}")
+
+    for name in ("rpn_weight", "roi_weight", "contrastive_weight"):
+        in_range(name, 0.0, math.inf, hi_open=True)
+    in_range("ema_momentum", 0.0, 1.0)
+    in_range("conf_thr", 0.0, 1.0)
+
+    in_range("lr", 0.0, math.inf, lo_open=True, hi_open=True)
+    in_range("momentum", 0.0, 1.0, hi_open=True)
+    in_range("weight_decay", 0.0, math.inf, hi_open=True)
+    if c.grad_clip is not None:
+        in_range("grad_clip", 0.0, math.inf, lo_open=True, hi_open=True)
+    if not (integer(c.epochs) and c.epochs >= 1):
+        p.append(f"epochs must be an int >= 1, got {c.epochs!r}")
+    steps = c.lr_steps
+    if not (isinstance(steps, tuple) and all(integer(s) and s >= 1 for s in steps)
+            and all(a < b for a, b in zip(steps, steps[1:]))):
+        p.append(f"lr_steps must be a tuple of increasing ints >= 1 (epochs), got {steps!r}")
+    in_range("lr_gamma", 0.0, 1.0, lo_open=True)
+    if not (integer(c.frames_per_batch) and c.frames_per_batch >= 1):
+        p.append(f"frames_per_batch must be an int >= 1, got {c.frames_per_batch!r}")
+    if not (integer(c.seed) and c.seed >= 0):
+        p.append(f"seed must be an int >= 0, got {c.seed!r}")
+    return p

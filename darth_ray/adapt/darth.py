@@ -1,0 +1,128 @@
+"""DARTH in one step (Segu et al., ICCV 2023): a student QDTrack learns from its EMA teacher on unlabeled frames.
+
+For a batch of target frames:
+1. the teacher detects on the plain frames; boxes with score > conf_thr become pseudo-instances 1..N;
+2. three views: teacher (flip/scale/crop), student (the same geometry + photometric distortion), contrastive
+   (an independent flip/scale/crop/photometric);
+3. losses, minimised w.r.t. the student only:
+   - RPN consistency: student RPN on the student view vs teacher RPN on the teacher view, anchor by anchor;
+   - RoI consistency: both RoI heads on the teacher's proposals;
+   - patch contrastive: QDTrack's track losses, student view as key frame, contrastive view as reference,
+     positives given by the shared pseudo-instance ids (frames without pseudo-boxes are left out);
+4. SGD step on the student, then teacher = (1 - m) * teacher + m * student.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from darth_ray.adapt.config import DarthConfig
+from darth_ray.adapt.ema import ema_update, make_teacher
+from darth_ray.adapt.losses import roi_consistency_loss, rpn_consistency_loss
+from darth_ray.adapt.views import build_views
+from darth_ray.models.qdtrack import QDTrack
+from darth_ray.models.track_losses import assign_and_sample, track_losses
+
+LOSS_NAMES = ("loss_rpn", "loss_roi", "loss_contrastive", "loss_total")
+
+
+def student_from_source(source: QDTrack) -> QDTrack:
+    """The DARTH student: the source weights with the stem, the first ResNet stage and every BN frozen."""
+    config = dataclasses.replace(source.config, frozen_bn=True, frozen_stages=max(1, source.config.frozen_stages))
+    student = QDTrack(config).to(next(source.parameters()).device)
+    student.load_state_dict(source.state_dict())
+    return student
+
+
+class Darth:
+    """Student, EMA teacher, optimiser and one adaptation step.
+
+    `grad_sync(params)` (optional) averages gradients across data-parallel workers before the optimiser step;
+    with identical initial weights this keeps every worker's student, and so its teacher, identical.
+    """
+
+    def __init__(self, source: QDTrack, config: DarthConfig,
+                 grad_sync: Callable[[list[Tensor]], None] | None = None):
+        self.config = config
+        self.student = student_from_source(source)
+        self.teacher = make_teacher(self.student)
+        self.params = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.grad_sync = grad_sync
+        # Pad views with the pixel mean so padding is zero after normalisation, as the detector pads.
+        mean = self.student.config.pixel_mean
+        self.fill = tuple(reversed(mean)) if self.student.config.input_bgr else tuple(mean)
+
+    @torch.no_grad()
+    def pseudo_labels(self, frames: Tensor) -> list[Tensor]:
+        """Teacher detections on the plain frames with score > conf_thr (x1y1x2y2, frame pixels)."""
+        sizes = [tuple(frames.shape[-2:])] * len(frames)
+        feats = self.teacher.features(self.teacher.normalize(frames))
+        logits, deltas = self.teacher.rpn_head(feats)
+        detections = self.teacher.detect(feats, self.teacher.proposals(feats, logits, deltas, sizes), sizes)
+        return [d["boxes"][d["scores"] > self.config.conf_thr] for d in detections]
+
+    def losses(self, frames: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        cfg, student, teacher = self.config, self.student, self.teacher
+        views = build_views(frames, self.pseudo_labels(frames), cfg, generator, fill=self.fill)
+        b = len(frames)
+
+        with torch.no_grad():
+            t_feats = teacher.features(teacher.normalize(views.teacher, views.teacher_sizes))
+            t_logits, t_deltas = teacher.rpn_head(t_feats)
+            t_proposals = teacher.proposals(t_feats, t_logits, t_deltas, views.teacher_sizes)
+            t_cls, t_box = teacher.roi_head(t_feats, t_proposals)
+
+        # Student and contrastive views share one student forward.
+        s_feats = student.features(student.normalize(torch.cat([views.student, views.contrastive]),
+                                                     views.teacher_sizes + views.contrastive_sizes))
+        s_logits, s_deltas = student.rpn_head(s_feats)
+        key = lambda xs: [x[:b] for x in xs]
+        loss_rpn = rpn_consistency_loss(key(s_logits), key(s_deltas), t_logits, t_deltas)
+        s_cls, s_box = student.roi_head(key(s_feats), t_proposals)
+        loss_roi = roi_consistency_loss(s_cls, s_box, t_cls, t_box)
+
+        # Patch contrastive: only frames whose pseudo-instances survive in both views.
+        keep = [i for i in range(b) if len(views.teacher_ids[i]) and len(views.contrastive_ids[i])]
+        if keep:
+            proposals = student.proposals(s_feats, s_logits, s_deltas, views.teacher_sizes + views.contrastive_sizes)
+            key_samples = [assign_and_sample(proposals[i], views.teacher_boxes[i], views.teacher_ids[i],
+                                             generator=generator) for i in keep]
+            ref_samples = [assign_and_sample(proposals[b + i], views.contrastive_boxes[i], views.contrastive_ids[i],
+                                             generator=generator) for i in keep]
+            rows = keep + [b + i for i in keep]
+            embeds = student.embed([f[rows] for f in s_feats], [s.boxes for s in key_samples + ref_samples])
+            track = track_losses(embeds[:len(keep)], key_samples, embeds[len(keep):], ref_samples)
+            loss_contrastive = track["loss_track"] + track["loss_track_aux"]
+        else:
+            loss_contrastive = s_feats[0].sum() * 0.0  # keeps the graph connected for DDP-style gradient sync
+        total = cfg.rpn_weight * loss_rpn + cfg.roi_weight * loss_roi + cfg.contrastive_weight * loss_contrastive
+        return {"loss_rpn": loss_rpn, "loss_roi": loss_roi, "loss_contrastive": loss_contrastive,
+                "loss_total": total}
+
+    def step(self, frames: Tensor, generator: torch.Generator) -> dict[str, float]:
+        """One DARTH step on uint8 RGB frames [B, 3, H, W]; returns the losses as floats."""
+        self.student.train()
+        losses = self.losses(frames, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss_total"].backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.params)
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        ema_update(self.teacher, self.student, self.config.ema_momentum)
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def state_dict(self) -> dict:
+        return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,149 @@
+"""The adaptation loop around `Darth.step`: which frames each step sees, learning-rate schedule, checkpoints,
+resume, and the final evaluation of the adapted student. Single process here (`darth-ray adapt`); the Ray Train
+worker drives the same `AdaptationRun` on its shard of the frames.
+
+Batches are a pure function of (seed, epoch, step): the frame order of an epoch is a permutation seeded by
+(seed, epoch) and the view randomness of a step a generator seeded by (seed, rank, step). A run resumed from a
+checkpoint therefore continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from darth_ray.adapt.config import DarthConfig
+from darth_ray.adapt.darth import Darth
+from darth_ray.data.mot import Sequence, load_sequences
+from darth_ray.eval.track import track_and_score
+from darth_ray.io import InputError, atomic_torch_save, atomic_write_json
+from darth_ray.models.qdtrack import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class AdaptationRun:
+    """DARTH over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps."""
+
+    def __init__(self, source: Path, sequences: list[Sequence], frames: list[tuple[str, int]], config: DarthConfig,
+                 steps_per_epoch: int | None = None, rank: int = 0,
+                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None, device: str = "cpu"):
+        if not frames:
+            raise ValueError("no target frames to adapt on")
+        source_model, _ = load_checkpoint(source, map_location=device)
+        self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
+        self.darth = Darth(source_model.to(device), config, grad_sync)
+        self.sequences = {s.name: s for s in sequences}
+        self.frames = frames
+        self.steps_per_epoch = steps_per_epoch or max(1, len(frames) // config.frames_per_batch)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.step = 0
+        # lr x gamma at each epoch in lr_steps (mmdet's step policy, counted in epochs)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.darth.optimizer,
+            lambda s: config.lr_gamma ** sum(s // self.steps_per_epoch >= e for e in config.lr_steps))
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    def batch_frames(self, step: int) -> list[tuple[str, int]]:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.frames), generator=torch.Generator().manual_seed(self.config.seed * 1000 + epoch))
+        b = self.config.frames_per_batch
+        picks = [(index * b + j) % len(self.frames) for j in range(b)]
+        return [self.frames[int(order[p])] for p in picks]
+
+    def load_batch(self, step: int) -> torch.Tensor:
+        frames = [self.sequences[name].load_image(f) for name, f in self.batch_frames(step)]
+        sizes = {tuple(f.shape) for f in frames}
+        if len(sizes) > 1:  # views stack; different frame sizes need config.target_size
+            frames = [torch.nn.functional.interpolate(f[None].float(), size=frames[0].shape[-2:], mode="bilinear")[0]
+                      .round().clamp(0, 255).to(torch.uint8) for f in frames]
+        return torch.stack(frames).to(self.device)
+
+    def run_step(self) -> dict[str, float]:
+        frames = self.load_batch(self.step)
+        generator = torch.Generator(device=self.device).manual_seed(
+            (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
+        t0 = time.perf_counter()
+        losses = self.darth.step(frames, generator)
+        self.scheduler.step()
+        self.step += 1
+        if not math.isfinite(losses["loss_total"]):
+            raise FloatingPointError(f"non-finite DARTH loss at step {self.step}: {losses}")
+        return {**losses, "lr": self.darth.optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
+
+    def state_dict(self) -> dict:
+        return {**self.darth.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step,
+                "rng": {"torch": torch.get_rng_state(), "seed": self.config.seed, "rank": self.rank},
+                "darth_config": self.config.to_dict(), "source": str(self.source_path)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.darth.load_state_dict(state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, path: Path) -> Path:
+        return atomic_torch_save(self.state_dict(), path)
+
+    def save_student(self, path: Path) -> Path:
+        """The adapted student as a plain model checkpoint, loadable by `darth-ray track`."""
+        return save_checkpoint(path, self.darth.student, {"darth_config": self.config.to_dict(), "step": self.step,
+                                                          "source": str(self.source_path)})
+
+
+def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = DarthConfig(), split: str | None = None,
+          checkpoint_every: int = 50, tracker_params: dict | None = None, resume: bool = True,
+          evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu") -> dict:
+    """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student.
+
+    Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
+    OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses).
+    """
+    out_dir = Path(out_dir)
+    sequences = load_sequences(target, split=split, require_images=True)
+    frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
+    run = AdaptationRun(source, sequences, frames, config, device=device)
+    last = out_dir / "last.pt"
+    if resume and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        if state.get("darth_config") != config.to_dict():
+            raise InputError(last, "was written with a different DARTH configuration; use a new --out or "
+                                   "--no-resume")
+        run.load_state_dict(state)
+        log.info("resuming DARTH from %s at step %d/%d", last, run.step, run.total_steps)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = out_dir / "adapt_log.jsonl"
+    with tqdm(total=run.total_steps, initial=run.step, unit="step", desc="DARTH", disable=not show_progress) as bar:
+        while run.step < run.total_steps:
+            record = run.run_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss_total']:.3f}")
+            with open(log_file, "a") as f:
+                f.write(json.dumps({"step": run.step, "epoch": run.epoch, **record}) + "\n")
+            if run.step % checkpoint_every == 0 and run.step < run.total_steps:
+                run.save(last)
+    run.save(last)
+    final = run.save_student(out_dir / "final.pt")
+    has_gt = all(s.has_gt for s in sequences)
+    summary = {"final_checkpoint": str(final), "steps": run.step}
+    if has_gt:
+        student = run.darth.student.eval()
+        _, metrics = track_and_score(student, sequences, tracker_params, out_dir / "results", show_progress)
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        summary["metrics"] = metrics
+        if evaluate_source:
+            source_model, _ = load_checkpoint(source, map_location=device)
+            _, source_metrics = track_and_score(source_model, sequences, tracker_params, None, show_progress)
+            atomic_write_json(out_dir / "source_metrics.json", source_metrics)
+            summary["source_metrics"] = source_metrics
+    atomic_write_json(out_dir / "summary.json", {**summary, "darth_config": config.to_dict()})
+    return summary

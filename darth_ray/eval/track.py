@@ -1,0 +1,101 @@
+"""Run a QDTrack model and the QuasiDenseTracker over sequences and write MOTChallenge results.
+
+Detection runs on batches of frames (one forward for several frames); association then walks the batch frame by
+frame, since the tracker is sequential. The next batch's images are decoded in a background thread.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from darth_ray.data.mot import Sequence
+from darth_ray.data.results import write_results
+from darth_ray.eval.metrics import score_results
+from darth_ray.models.tracker import QuasiDenseTracker
+
+log = logging.getLogger(__name__)
+
+
+def resize_factor(height: int, width: int, max_size: int | None) -> float:
+    """Keep-ratio factor that fits the frame into max_size x max_size (mmdet's Resize(scale=(s, s), keep_ratio));
+    1.0 when max_size is None."""
+    return 1.0 if max_size is None else min(max_size / max(height, width), max_size / min(height, width))
+
+
+@torch.no_grad()
+def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """Detections + track embeddings for a batch of uint8 RGB frames [B, 3, H, W] (all the same size).
+
+    Returns per frame {"boxes" [N, 4] x1y1x2y2 in frame pixels, "scores" [N], "embeds" [N, D]}.
+    """
+    frames = frames.to(next(model.parameters()).device)
+    height, width = frames.shape[-2:]
+    factor = resize_factor(height, width, max_size)
+    images = frames.float()
+    if factor != 1.0:
+        size = (round(height * factor), round(width * factor))
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+    image_sizes = [tuple(images.shape[-2:])] * len(images)
+    feats = model.features(model.normalize(images))
+    logits, deltas = model.rpn_head(feats)
+    proposals = model.proposals(feats, logits, deltas, image_sizes)
+    detections = model.detect(feats, proposals, image_sizes)
+    embeds = model.embed(feats, [d["boxes"] for d in detections])
+    sx, sy = images.shape[-1] / width, images.shape[-2] / height  # back to frame pixels
+    scale = torch.tensor([sx, sy, sx, sy], device=frames.device)
+    return [{"boxes": d["boxes"] / scale, "scores": d["scores"], "embeds": e} for d, e in zip(detections, embeds)]
+
+
+def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_size: int = 4,
+                   max_size: int | None = None, progress: tqdm | None = None) -> dict[str, np.ndarray]:
+    """Track one sequence; returns MOT arrays {"frames", "ids" (1-based), "boxes" (x1y1x2y2), "scores"}."""
+    tracker.reset()
+    model.eval()
+    out = {"frames": [], "ids": [], "boxes": [], "scores": []}
+    batches = [list(range(s, min(s + batch_size, sequence.num_frames + 1)))
+               for s in range(1, sequence.num_frames + 1, batch_size)]
+    load = lambda frames: torch.stack([sequence.load_image(f) for f in frames])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, batches[0])
+        for i, frame_ids in enumerate(batches):
+            images = pending.result()
+            if i + 1 < len(batches):
+                pending = pool.submit(load, batches[i + 1])
+            for frame, det in zip(frame_ids, detect_and_embed(model, images, max_size)):
+                boxes, scores, ids = tracker.update(frame, det["boxes"], det["scores"], det["embeds"])
+                out["frames"].append(np.full(len(ids), frame))
+                out["ids"].append(ids.cpu().numpy() + 1)
+                out["boxes"].append(boxes.cpu().numpy())
+                out["scores"].append(scores.cpu().numpy())
+            if progress is not None:
+                progress.update(len(frame_ids))
+    return {k: np.concatenate(v) if v else np.zeros((0, 4) if k == "boxes" else 0) for k, v in out.items()}
+
+
+def track_sequences(model, sequences: list[Sequence], out_dir: Path | None = None,
+                    tracker_params: dict | None = None, batch_size: int = 4, max_size: int | None = None,
+                    show_progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """Track every sequence; returns {seq: result arrays} and, with `out_dir`, writes `out_dir/<seq>.txt`."""
+    tracker = QuasiDenseTracker(**(tracker_params or {}))
+    results = {}
+    with tqdm(total=sum(s.num_frames for s in sequences), unit="frame", desc="tracking",
+              disable=not show_progress) as bar:
+        for seq in sequences:
+            bar.set_postfix_str(seq.name)
+            r = results[seq.name] = track_sequence(model, seq, tracker, batch_size, max_size, progress=bar)
+            if out_dir is not None:
+                write_results(Path(out_dir) / f"{seq.name}.txt", r["frames"], r["ids"], r["boxes"], r["scores"])
+    return results
+
+
+def track_and_score(model, sequences: list[Sequence], tracker_params: dict | None = None,
+                    out_dir: Path | None = None, show_progress: bool = False) -> tuple[dict, dict]:
+    """Track sequences that have ground truth; returns (result arrays, metrics incl. COMBINED)."""
+    results = track_sequences(model, sequences, out_dir, tracker_params, show_progress=show_progress)
+    return results, score_results(sequences, results)

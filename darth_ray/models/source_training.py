@@ -1,0 +1,173 @@
+"""Supervised QDTrack training on a labelled (source) domain: detection losses on the key frame plus the
+quasi-dense track losses between key and reference frame, as mmtrack's QDTrack does.
+
+A flat loop in the spirit of torchvision's references/detection/train.py. Checkpoints (`last.pt` every
+`checkpoint_every` steps, `final.pt` at the end) hold model, optimizer, scheduler, step and RNG state, are written
+atomically, and a rerun with the same `out` resumes from `last.pt`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from darth_ray.data.mot import Sequence, load_sequences
+from darth_ray.data.sampling import sample_frame_pairs
+from darth_ray.data.sharding import frame_counts
+from darth_ray.models.qdtrack import build_model, load_checkpoint, save_checkpoint
+from darth_ray.models.track_losses import assign_and_sample, track_losses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceTrainConfig:
+    model: str = "small"
+    epochs: int = 12
+    batch_size: int = 2             # key/reference pairs per step
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    lr_drop_at: tuple[float, ...] = (0.75,)  # fractions of training where lr is multiplied by 0.1
+    grad_clip: float = 35.0
+    frame_range: int = 10
+    flip_prob: float = 0.5
+    checkpoint_every: int = 100
+    seed: int = 0
+    max_steps: int | None = None    # stop early (smoke tests); None = all epochs
+
+    def __post_init__(self):
+        checks = [("epochs", self.epochs >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                  ("lr", self.lr > 0, "> 0"), ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                  ("weight_decay", self.weight_decay >= 0, ">= 0"), ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                  ("lr_drop_at", all(0 < f < 1 for f in self.lr_drop_at), "fractions in (0, 1)"),
+                  ("grad_clip", self.grad_clip > 0, "> 0"), ("frame_range", self.frame_range >= 1, ">= 1"),
+                  ("flip_prob", 0 <= self.flip_prob <= 1, "in [0, 1]"),
+                  ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+                  ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1 or None")]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"SourceTrainConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+
+
+def _load_pair_batch(seqs: dict[str, Sequence], pairs, flip: torch.Tensor):
+    """Key and reference images [B, 3, H, W] and their targets (boxes as tensors, ids shifted to >= 1)."""
+    images, targets = [], []
+    for which in (1, 2):  # key frames first, then reference frames
+        for (name, *frames), f in zip(pairs, flip):
+            seq, frame = seqs[name], frames[which - 1]
+            img = seq.load_image(frame)
+            t = seq.targets(frame)
+            boxes = torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4)
+            if f:  # the same flip for key and reference keeps the pair consistent
+                img = img.flip(-1)
+                boxes = torch.stack([seq.info.width - boxes[:, 2], boxes[:, 1], seq.info.width - boxes[:, 0],
+                                     boxes[:, 3]], dim=1)
+            images.append(img)
+            targets.append({"boxes": boxes, "ids": torch.as_tensor(t["ids"], dtype=torch.int64) + 1})
+    return torch.stack(images), targets
+
+
+def qdtrack_losses(model, images: torch.Tensor, targets: list[dict], num_pairs: int) -> dict[str, torch.Tensor]:
+    """All supervised losses for `num_pairs` key frames followed by their `num_pairs` reference frames."""
+    sizes = [tuple(images.shape[-2:])] * len(images)
+    feats = model.features(model.normalize(images))
+    logits, deltas = model.rpn_head(feats)
+    proposals = model.proposals(feats, logits, deltas, sizes)
+    key = slice(0, num_pairs)
+    pick = lambda xs: [x[key] for x in xs]
+    losses = model.detection_losses(pick(feats), pick(logits), pick(deltas), proposals[key], targets[key],
+                                    sizes[key])
+    samples = [assign_and_sample(p.detach(), t["boxes"].to(p.device), t["ids"].to(p.device))
+               for p, t in zip(proposals, targets)]
+    embeds = model.embed(feats, [s.boxes for s in samples])
+    losses.update(track_losses(embeds[key], samples[key], embeds[num_pairs:], samples[num_pairs:]))
+    return losses
+
+
+def _lr_factor(step: int, total: int, cfg: SourceTrainConfig) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    drops = sum(step >= int(f * total) for f in cfg.lr_drop_at)
+    return warm * 0.1 ** drops
+
+
+def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceTrainConfig(),
+                 split: str | None = None, resume: bool = True, show_progress: bool = True) -> Path:
+    """Train on every labelled sequence of `data_dir` (optionally its `split`); returns `out_dir/final.pt`."""
+    out_dir = Path(out_dir)
+    sequences = load_sequences(data_dir, split=split, require_images=True, require_gt=True)
+    seqs = {s.name: s for s in sequences}
+    counts = frame_counts(sequences)
+    steps_per_epoch = max(1, sum(counts.values()) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
+                                                                           steps_per_epoch * cfg.epochs)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    last = out_dir / "last.pt"
+    if resume and last.is_file():
+        model, state = load_checkpoint(last)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["rng"])
+        step = state["step"]
+        log.info("resuming source training from %s at step %d/%d", last, step, total)
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                      "rng": generator.get_state(), "step": step,
+                                      "train_config": dataclasses.asdict(cfg), "data": str(data_dir)})
+
+    metrics_file = out_dir / "train_log.jsonl"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.train()
+    bar = tqdm(total=total, initial=step, unit="step", desc="source training", disable=not show_progress)
+    pairs, pairs_epoch = None, -1
+    while step < total:
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch != pairs_epoch:  # the pair order of an epoch depends only on (seed, epoch): resumable
+            pairs, pairs_epoch = sample_frame_pairs(counts, cfg.frame_range, seed=cfg.seed + epoch), epoch
+        batch = pairs[index * cfg.batch_size:(index + 1) * cfg.batch_size]
+        flip = torch.rand(len(batch), generator=generator) < cfg.flip_prob
+        images, targets = _load_pair_batch(seqs, batch, flip)
+        t0 = time.perf_counter()
+        losses = qdtrack_losses(model, images, targets, len(batch))
+        loss = sum(losses.values())
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite loss at step {step}: "
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 10 == 0 or step == total:
+            record = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
+                      "step_time": time.perf_counter() - t0, **{k: v.item() for k, v in losses.items()}}
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if step % cfg.checkpoint_every == 0 and step < total:
+            checkpoint(last)
+    bar.close()
+    checkpoint(out_dir / "final.pt")
+    checkpoint(last)
+    log.info("source training finished: %s", out_dir / "final.pt")
+    return out_dir / "final.pt"

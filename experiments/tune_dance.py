@@ -1,0 +1,139 @@
+"""Ray Tune search over DARTH hyperparameters, trials ranked by HOTA.
+
+With no arguments: generate the embedded DanceTrack-like benchmark (cached in runs/benchmark), train a source
+model on its clean domain or reuse the cached one (runs/source/final.pt), then tune DARTH on the `night` target
+domain on a local Ray, sized for a 2-CPU laptop. On a cluster (`ray job submit --working-dir . -- python
+experiments/tune_dance.py --data /data/DanceTrack --split val --source qdtrack_mot17.pt --workers-per-trial 2
+--gpus-per-worker 1 --num-samples 32`) the same script runs a real experiment.
+
+Results: runs/tune/<name>/ (Tune's experiment directory: one folder per trial, resumable), the Train runs with
+their checkpoints under runs/tune/<name>/train/, W&B runs under runs/tune/<name>/wandb/ (offline without an API
+key), and runs/tune/<name>/best.json with the ranking.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `ray job submit --working-dir .` runs this file without installing the package
+
+from darth_ray.io import atomic_write_json  # noqa: E402
+
+log = logging.getLogger("tune_dance")
+
+# Trials of the embedded default, sized for a 2-CPU laptop.
+EMBEDDED = {"epochs": 2, "num_samples": 4}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", type=Path, help="target dataset root (DanceTrack layout); default: the embedded "
+                                             "benchmark's --target-domain")
+    g.add_argument("--split", default="val", help="split of --data to adapt on and evaluate (val)")
+    g.add_argument("--target-domain", default="night", help="embedded benchmark domain to adapt to (night)")
+    g.add_argument("--source", type=Path, help="source checkpoint; default: train one on the embedded source domain "
+                                              "or reuse runs/source/final.pt")
+    g.add_argument("--runs", type=Path, default=ROOT / "runs", help="where caches and results go (./runs)")
+    g = p.add_argument_group("trials")
+    g.add_argument("--name", default=None, help="experiment name (default: darth-<target>)")
+    g.add_argument("--num-samples", type=int, default=EMBEDDED["num_samples"], help="trials (4)")
+    g.add_argument("--epochs", type=int, default=EMBEDDED["epochs"], help="DARTH epochs per trial (2)")
+    g.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (1)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (0)")
+    g.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (and CPUs) per worker (1)")
+    g.add_argument("--max-concurrent-trials", type=int, default=None, help="default: as resources allow")
+    g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="trial scheduler (asha)")
+    g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
+    g.add_argument("--searched", nargs="+", default=None, help="hyperparameters to search (default: all)")
+    g.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial (1)")
+    g.add_argument("--no-resume", action="store_true", help="start a new experiment even if one exists")
+    g = p.add_argument_group("Ray and W&B")
+    g.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, or a new local Ray)")
+    g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None,
+                   help="default: online with WANDB_API_KEY, else offline")
+    g.add_argument("--wandb-project", default="darth_ray", help="W&B project (darth_ray)")
+    g.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def embedded_inputs(args) -> tuple[Path, Path]:
+    """The embedded benchmark's target domain and a source model, generated/trained once, cached under --runs."""
+    from darth_ray.embedded import ensure_benchmark, ensure_source_model
+
+    bench = ensure_benchmark(args.runs)
+    source = args.source or ensure_source_model(args.runs, bench)
+    return bench / args.target_domain, source
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    import ray
+    import torch
+
+    from darth_ray.distributed.train import TrainLoopConfig
+    from darth_ray.distributed.tune import ExperimentConfig, run_experiment
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    args.runs = args.runs.resolve()
+    if args.data is None:
+        data, source = embedded_inputs(args)
+    else:
+        data, source = args.data.resolve(), args.source
+        if source is None:
+            print("error: --source is required with --data", file=sys.stderr)
+            return 2
+    name = args.name or f"darth-{data.name}"
+    loop = TrainLoopConfig(source=str(Path(source).resolve()), target=str(data), split=args.split,
+                           darth={"epochs": args.epochs, "lr_steps": (max(args.epochs - 1, 1),), "seed": args.seed},
+                           threads_per_worker=args.threads_per_worker)
+    exp = ExperimentConfig(name=name, storage_path=str(args.runs / "tune"), loop=loop,
+                           workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+                           num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
+                           scheduler=args.scheduler, search=args.search,
+                           searched=tuple(args.searched) if args.searched else ExperimentConfig.searched,
+                           max_failures=args.max_failures, seed=args.seed,
+                           wandb={"mode": args.wandb_mode, "project": args.wandb_project})
+    # Under `ray job submit` RAY_ADDRESS names the cluster and the job's working dir carries the code;
+    # without it a local Ray starts here (the package is installed in this environment).
+    ray.init(address=args.address or os.environ.get("RAY_ADDRESS"))
+    grid = run_experiment(exp, resume=not args.no_resume)
+    return report(grid, exp)
+
+
+def report(grid, exp) -> int:
+    """Print the best trials with their configs and checkpoints; write best.json."""
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        hota = m.get("best_HOTA", m.get("HOTA"))
+        if hota is None or (isinstance(hota, float) and math.isnan(hota)):
+            continue
+        rows.append({"trial": Path(result.path).name, "HOTA": hota,
+                     **{k: m.get(k) for k in ("DetA", "AssA", "MOTA", "IDF1")},
+                     "config": result.config, "checkpoint": m.get("checkpoint_path"),
+                     "error": str(result.error) if result.error else None})
+    rows.sort(key=lambda r: -r["HOTA"])
+    if not rows:
+        print("no trial reported HOTA; see the trial logs under", Path(exp.storage_path) / exp.name)
+        return 1
+    print(f"\nbest trials of {exp.name} (by HOTA):")
+    for i, r in enumerate(rows[:5], 1):
+        cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["config"].items())
+        print(f"{i}. {r['trial']}: HOTA {r['HOTA']:.2f}  DetA {r['DetA']:.2f}  AssA {r['AssA']:.2f}  "
+              f"MOTA {r['MOTA']:.2f}  IDF1 {r['IDF1']:.2f}\n   {cfg}\n   checkpoint: {r['checkpoint']}")
+    best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", rows)
+    print(f"\nranking written to {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

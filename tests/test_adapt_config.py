@@ -1,0 +1,105 @@
+import math
+
+import pytest
+
+from darth_ray.adapt.config import DarthConfig
+
+
+def test_defaults_are_the_published_values():
+    c = DarthConfig()
+    assert c.aug_strength == 1.0
+    assert c.scale_range == (0.8, 1.2)
+    assert c.flip_prob == 0.5
+    assert c.photometric_prob == 0.5
+    assert c.brightness_delta == 32
+    assert c.contrast_range == (0.5, 1.5)
+    assert c.saturation_range == (0.5, 1.5)
+    assert c.hue_delta == 18
+    assert c.channel_swap_prob == 0.5
+    assert c.target_size is None
+    assert (c.rpn_weight, c.roi_weight, c.contrastive_weight) == (0.1, 0.1, 1.0)
+    assert c.ema_momentum == 0.002
+    assert c.conf_thr == 0.7
+    assert (c.lr, c.momentum, c.weight_decay, c.grad_clip) == (0.002, 0.9, 1e-4, 35)
+    assert (c.epochs, c.lr_steps, c.lr_gamma) == (4, (3,), 0.1)
+    assert c.frames_per_batch == 2
+
+
+@pytest.mark.parametrize("field, value", [
+    ("aug_strength", -0.1), ("aug_strength", 2.5), ("aug_strength", math.nan),
+    ("scale_range", (0.0, 1.2)), ("scale_range", (1.2, 0.8)), ("scale_range", (0.8,)),
+    ("flip_prob", 1.5), ("photometric_prob", -0.5), ("channel_swap_prob", 2.0),
+    ("brightness_delta", -1.0), ("brightness_delta", 300.0),
+    ("contrast_range", (-0.5, 1.5)), ("saturation_range", (1.5, 0.5)),
+    ("hue_delta", 200.0), ("target_size", (1088,)), ("target_size", (1088.0, 608)), ("target_size", (0, 608)),
+    ("rpn_weight", -0.1), ("roi_weight", math.inf), ("contrastive_weight", "1"),
+    ("ema_momentum", -0.1), ("ema_momentum", 1.5), ("conf_thr", 1.2),
+    ("lr", 0.0), ("momentum", 1.0), ("weight_decay", -1e-4), ("grad_clip", 0.0),
+    ("epochs", 0), ("epochs", 2.0), ("lr_steps", (3, 2)), ("lr_steps", (0,)), ("lr_gamma", 0.0),
+    ("frames_per_batch", 0), ("seed", -1), ("seed", True),
+])
+def test_every_invalid_field_names_itself(field, value):
+    with pytest.raises(ValueError, match=field):
+        DarthConfig(**{field: value})
+
+
+def test_message_gives_the_allowed_range():
+    with pytest.raises(ValueError, match=r"ema_momentum must be in \[0, 1\], got 1.5"):
+        DarthConfig(ema_momentum=1.5)
+
+
+def test_strength_that_would_make_scales_non_positive_is_rejected():
+    DarthConfig(scale_range=(0.4, 1.6), aug_strength=1.5)  # low 1 - 0.6 * 1.5 = 0.1
+    with pytest.raises(ValueError, match="scale_range.*aug_strength"):
+        DarthConfig(scale_range=(0.4, 1.6), aug_strength=2.0)  # low 1 - 0.6 * 2 = -0.2
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(ValueError, match="flip_prob.*conf_thr"):
+        DarthConfig(flip_prob=2.0, conf_thr=-1.0)
+
+
+def test_optional_fields_accept_none_and_valid_values():
+    assert DarthConfig(grad_clip=None).grad_clip is None
+    assert DarthConfig(target_size=(1088, 608)).target_size == (1088, 608)
+    assert DarthConfig(lr_steps=()).lr_steps == ()
+
+
+def test_from_dict_rejects_unknown_keys_by_name():
+    with pytest.raises(ValueError, match="ema_momentun"):
+        DarthConfig.from_dict({"ema_momentun": 0.01})
+
+
+def test_from_dict_to_dict_round_trip_with_lists():
+    c = DarthConfig.from_dict({"scale_range": [0.7, 1.3], "target_size": [1088, 608], "rpn_weight": 0.5})
+    assert c.scale_range == (0.7, 1.3) and c.target_size == (1088, 608) and c.rpn_weight == 0.5
+    assert DarthConfig.from_dict(c.to_dict()) == c
+    assert c.to_dict()["ema_momentum"] == 0.002
+
+
+def test_from_dict_validates():
+    with pytest.raises(ValueError, match="conf_thr"):
+        DarthConfig.from_dict({"conf_thr": 2})
+
+
+def test_effective_ranges_scale_with_strength():
+    none = DarthConfig(aug_strength=0.0).effective_ranges()
+    assert none.scale_range == (1.0, 1.0) and none.flip_prob == 0.0 and none.channel_swap_prob == 0.0
+    assert none.brightness_delta == 0.0 and none.hue_delta == 0.0
+    assert none.contrast_range == (1.0, 1.0) and none.saturation_range == (1.0, 1.0)
+
+    published = DarthConfig().effective_ranges()
+    assert published.scale_range == pytest.approx((0.8, 1.2)) and published.flip_prob == 0.5
+    assert published.brightness_delta == 32 and published.hue_delta == 18
+    assert published.contrast_range == pytest.approx((0.5, 1.5))
+
+    half = DarthConfig(aug_strength=0.5).effective_ranges()
+    assert half.scale_range == pytest.approx((0.9, 1.1)) and half.flip_prob == 0.25
+    assert half.brightness_delta == 16 and half.saturation_range == pytest.approx((0.75, 1.25))
+
+    double = DarthConfig(aug_strength=2.0).effective_ranges()
+    assert double.scale_range == pytest.approx((0.6, 1.4))
+    assert double.contrast_range == pytest.approx((0.0, 2.0))
+    assert double.brightness_delta == 64 and double.hue_delta == 36
+    assert double.flip_prob == 0.5  # probabilities stop at the published value
+    assert double.photometric_prob == 0.5
