@@ -84,10 +84,16 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     args.runs = args.runs.resolve()
+    args.source = args.source.resolve() if args.source else None
+    args.data = args.data.resolve() if args.data else None
+    # Under `ray job submit` the cwd is the job's unpacked working dir, which Ray may replace while trials start
+    # on this node: keep the driver's cwd somewhere stable (all paths are absolute from here on).
+    args.runs.mkdir(parents=True, exist_ok=True)
+    os.chdir(args.runs)
     if args.data is None:
         data, source = embedded_inputs(args)
     else:
-        data, source = args.data.resolve(), args.source
+        data, source = args.data, args.source
         if source is None:
             print("error: --source is required with --data", file=sys.stderr)
             return 2

@@ -115,7 +115,10 @@ def test_local_ray_head_with_second_node(local_ray_head):
 
     head = local_ray_head
     assert os.getpgid(head.pid) == head.pid  # own process group
-    with urllib.request.urlopen(head.dashboard_url + "/api/version", timeout=10) as r:
+    from darth_ray.distributed.cluster import _auth_headers
+
+    request = urllib.request.Request(head.dashboard_url + "/api/version", headers=_auth_headers())
+    with urllib.request.urlopen(request, timeout=10) as r:
         assert json.load(r)["ray_version"] == ray.__version__
 
     worker = head.add_worker(num_cpus=1, resources={"second_node": 1})
@@ -151,7 +154,7 @@ def test_local_ray_head_with_second_node(local_ray_head):
 def test_local_ray_head_runs_a_submitted_job(local_ray_head, tmp_path):
     """`ray job submit --working-dir` against the fixture, as users run experiments:
     the working dir is shipped, env_vars reach the job, `python` is this env's."""
-    from darth_ray.distributed.cluster import ray_executable
+    from darth_ray.distributed.cluster import ray_cli_env, ray_executable
 
     (tmp_path / "job.py").write_text(
         "import os, sys, ray\n"
@@ -166,7 +169,7 @@ def test_local_ray_head_runs_a_submitted_job(local_ray_head, tmp_path):
             "--runtime-env-json", json.dumps({"env_vars": {"MARK": "from-submit"}}),
             "--", "python", "job.py",
         ],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=180, env=ray_cli_env(),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith("JOB "))

@@ -78,7 +78,7 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
         trial_id = run.run_id.removeprefix("exp-")
         assert run.config["conf_thr"] == pytest.approx(trial_configs[trial_id]["conf_thr"])
         steps = [row for row in run.history if "train/loss_total" in row]
-        assert [row["train/step"] for row in steps] == [1, 2, 3]
+        assert [row["train/step"] for row in steps] == [1, 2, 3, 4, 5, 6]  # 12 frames, 1 worker, 2 per step
         assert all({"train/loss_rpn", "train/loss_roi", "train/loss_contrastive", "train/lr"} <= set(r) for r in steps)
         evals = [row for row in run.history if "eval/HOTA" in row]
         assert len(evals) == 1 and run.summary["best/HOTA"] == pytest.approx(evals[0]["eval/HOTA"])

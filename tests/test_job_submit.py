@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from darth_ray.distributed.cluster import ray_executable
+from darth_ray.distributed.cluster import ray_cli_env, ray_executable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,12 +22,12 @@ def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, 
                "python", "experiments/tune_dance.py", "--data", str(tiny / "bench" / "night"), "--split", "val",
                "--source", str(tiny / "source.pt"), "--runs", str(runs), "--name", "job", "--num-samples", "1",
                "--epochs", "1", "--scheduler", "fifo", "--threads-per-worker", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=540)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=540, env=ray_cli_env())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "succeeded" in (result.stdout + result.stderr).lower()
     status = subprocess.run([ray_executable(), "job", "status", "--address", local_ray_head.dashboard_url,
-                             "darth-job-test"], capture_output=True, text=True, timeout=60)
-    assert "SUCCEEDED" in status.stdout + status.stderr
+                             "darth-job-test"], capture_output=True, text=True, timeout=60, env=ray_cli_env())
+    assert "succeeded" in (status.stdout + status.stderr).lower()
 
     best = json.loads((runs / "tune" / "job" / "best.json").read_text())
     assert len(best) == 1 and isinstance(best[0]["HOTA"], float)

@@ -83,7 +83,8 @@ def ray_executable() -> str:
     return found
 
 
-def _base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def ray_cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for the `ray` processes we start (nodes) and for `ray job ...` clients talking to them."""
     env = os.environ.copy()
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # `python` in a job entrypoint (`ray job submit -- python ...`) must be this
@@ -94,6 +95,9 @@ def _base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env["PATH"] = bindir + (os.pathsep + path if path else "")
     # A driver address inherited from an outer cluster must not redirect our node.
     env.pop("RAY_ADDRESS", None)
+    # A head turns token auth on by itself when ~/.ray/auth_token exists, a joining node does not: say it for all.
+    if "RAY_AUTH_MODE" not in env and _auth_headers():
+        env["RAY_AUTH_MODE"] = "token"
     if extra:
         env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -356,7 +360,7 @@ def start_ray_head(
         args.append(f"--autoscaling-config={autoscaling_config}")
     args += list(extra_args)
 
-    proc = _spawn(args, tdir / "ray-start-head.log", _base_env(env))
+    proc = _spawn(args, tdir / "ray-start-head.log", ray_cli_env(env))
     head = LocalRayHead(
         popen=proc.popen,
         args=proc.args,
@@ -402,7 +406,7 @@ def start_ray_worker(
         args.append(f"--temp-dir={temp_dir}")
     args += list(extra_args)
     log_dir = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
-    proc = _spawn(args, log_dir / f"ray-start-worker-{agent_port}.log", _base_env(env))
+    proc = _spawn(args, log_dir / f"ray-start-worker-{agent_port}.log", ray_cli_env(env))
     try:
         proc.wait_ready(ready_timeout)
     except BaseException:
@@ -411,13 +415,24 @@ def start_ray_worker(
     return proc
 
 
+def _auth_headers() -> dict[str, str]:
+    """Ray 2.60 turns token authentication on for a new local cluster once ~/.ray/auth_token exists (any local
+    ``ray.init()`` writes one); the dashboard then wants the token as a bearer header."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if token is None and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and path.is_file():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def wait_for_dashboard(url: str, timeout: float = 60.0) -> None:
     """Wait until the dashboard's job API (``/api/version``) answers 200."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url.rstrip("/") + "/api/version", timeout=5) as r:
+            request = urllib.request.Request(url.rstrip("/") + "/api/version", headers=_auth_headers())
+            with urllib.request.urlopen(request, timeout=5) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError, ValueError) as e:
