@@ -53,3 +53,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     import torch
 
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def dataclass_from_dict(cls, d):
+    """Build config dataclass `cls` from a plain dict (JSON, Ray Tune): lists become tuples, unknown keys are an
+    error that names them."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -246,7 +246,7 @@ def test_named_configs():
     assert (small.depth, small.fpn_channels, small.box_head_dim, small.box_batch_size_per_image) == (18, 64, 256, 128)
     assert ModelConfig.from_dict(dataclasses.asdict(small)) == small
     assert ModelConfig.from_dict({**dataclasses.asdict(small), "anchor_ratios": [1.0, 2.0]}).anchor_ratios == (1.0, 2.0)
-    with pytest.raises(ValueError, match="unknown ModelConfig fields: colour"):
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\): colour"):
         ModelConfig.from_dict({**dataclasses.asdict(small), "colour": 1})
     with pytest.raises(ValueError, match="unknown model config 'r101'"):
         model_config("r101")

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from darth_ray.io import dataclass_from_dict
+
 MAX_AUG_STRENGTH = 2.0
 
 
@@ -92,12 +94,8 @@ class DarthConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DarthConfig":
-        """Build from a plain dict (Ray Tune's config); lists become tuples; unknown keys raise ValueError."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown DarthConfig keys: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        """Build from a plain dict (Ray Tune's config); unknown keys raise ValueError."""
+        return dataclass_from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

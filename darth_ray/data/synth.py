@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from darth_ray.io import atomic_write_json, atomic_write_text
+from darth_ray.io import atomic_write_json, atomic_write_text, dataclass_from_dict
 
 SOURCE_DOMAIN = "source"
 DEFAULT_TARGET_DOMAINS = ("night", "fog", "noise_blur", "texture")
@@ -147,11 +147,7 @@ class SynthConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SynthConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown SynthConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def sequence_name(split: str, index: int) -> str:

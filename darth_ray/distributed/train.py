@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from darth_ray.io import dataclass_from_dict
+
 log = logging.getLogger(__name__)
 
 EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
@@ -48,11 +50,7 @@ class TrainLoopConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainLoopConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown train loop keys: {', '.join(unknown)}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 def allreduce_mean(params: list[torch.Tensor]) -> None:
@@ -88,8 +86,8 @@ def ranks_in_sync(model: torch.nn.Module, world: int) -> bool:
 
 def evaluate_sharded(model, sequences, tracker_params: dict, rank: int, world: int) -> tuple[dict, dict]:
     """Track this rank's sequences, gather everyone's results, score all sequences (same on every rank)."""
-    from darth_ray.eval.metrics import score_results
     from darth_ray.data.sharding import frame_counts, shard_sequences
+    from darth_ray.eval.metrics import score_results
     from darth_ray.eval.track import track_sequence
     from darth_ray.models.tracker import QuasiDenseTracker
 

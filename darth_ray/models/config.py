@@ -7,10 +7,11 @@ Two named configurations:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from darth_ray.io import dataclass_from_dict
 
 # FPN levels P2..P6 and their strides are fixed by the architecture (P6 = max-pool of P5).
 FPN_STRIDES = (4, 8, 16, 32, 64)
@@ -94,12 +95,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        """Inverse of dataclasses.asdict; lists (e.g. from JSON) become tuples. Unknown fields raise ValueError."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        """Inverse of dataclasses.asdict (e.g. from a checkpoint); unknown fields raise ValueError."""
+        return dataclass_from_dict(cls, d)
 
 
 def _problems(c: ModelConfig) -> list[str]:
