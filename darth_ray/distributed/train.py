@@ -157,7 +157,7 @@ def train_func(config: dict) -> None:
                 elapsed = time.perf_counter() - started
                 frames = (run.step - first_step) * darth_config.frames_per_batch * world
                 losses["adapt_frames_per_s"] = frames / elapsed
-            evaluated = end_of_epoch and (loop.eval_every_epoch or done) and (loop.final_eval or not done)
+            evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
             if evaluated:
                 _, scores = evaluate_sharded(run.darth.student, sequences, loop.tracker, rank, world)
                 if scores:
