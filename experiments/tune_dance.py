@@ -13,6 +13,7 @@ key), and runs/tune/<name>/best.json with the ranking.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -48,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (1)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (0)")
     g.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (and CPUs) per worker (1)")
-    g.add_argument("--max-concurrent-trials", type=int, default=None, help="default: as resources allow")
+    g.add_argument("--max-concurrent-trials", type=int, default=None,
+                   help="default: the cluster's CPUs / (workers per trial x threads per worker); an autoscaling "
+                        "cluster wants it set to what it may grow to")
     g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="trial scheduler (asha)")
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
     g.add_argument("--searched", nargs="+", default=None, help="hyperparameters to search (default: all)")
@@ -111,6 +114,10 @@ def main(argv=None) -> int:
     # Under `ray job submit` RAY_ADDRESS names the cluster and the job's working dir carries the code;
     # without it a local Ray starts here (the package is installed in this environment).
     ray.init(address=args.address or os.environ.get("RAY_ADDRESS"))
+    if exp.max_concurrent_trials is None:  # trials beyond what the CPUs can run would only wait, holding processes
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        exp = dataclasses.replace(exp, max_concurrent_trials=max(1, cpus // (args.workers_per_trial
+                                                                              * args.threads_per_worker)))
     grid = run_experiment(exp, resume=not args.no_resume)
     return report(grid, exp)
 
