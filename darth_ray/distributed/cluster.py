@@ -95,9 +95,9 @@ def ray_cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env["PATH"] = bindir + (os.pathsep + path if path else "")
     # A driver address inherited from an outer cluster must not redirect our node.
     env.pop("RAY_ADDRESS", None)
-    # A head turns token auth on by itself when ~/.ray/auth_token exists, a joining node does not: say it for all.
-    if "RAY_AUTH_MODE" not in env and _auth_headers():
-        env["RAY_AUTH_MODE"] = "token"
+    # Ray 2.60 picks token auth differently per process (a head turns it on when ~/.ray/auth_token exists, a joining
+    # node or a connecting driver does not): every node and client we start follows this process's mode.
+    env["RAY_AUTH_MODE"] = _auth_mode()
     if extra:
         env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -415,12 +415,19 @@ def start_ray_worker(
     return proc
 
 
+def _auth_mode() -> str:
+    """This process's Ray auth mode: "token" once a local ``ray.init()`` here enabled it, else "disabled" (what a
+    driver connecting to an existing cluster assumes)."""
+    return os.environ.get("RAY_AUTH_MODE", "disabled").lower()
+
+
 def _auth_headers() -> dict[str, str]:
-    """Ray 2.60 turns token authentication on for a new local cluster once ~/.ray/auth_token exists (any local
-    ``ray.init()`` writes one); the dashboard then wants the token as a bearer header."""
+    """In token mode the dashboard wants the token (RAY_AUTH_TOKEN or ~/.ray/auth_token) as a bearer header."""
+    if _auth_mode() != "token":
+        return {}
     token = os.environ.get("RAY_AUTH_TOKEN")
     path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    if token is None and os.environ.get("RAY_AUTH_MODE", "").lower() != "disabled" and path.is_file():
+    if token is None and path.is_file():
         token = path.read_text().strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
