@@ -34,7 +34,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     generate_benchmark(tmp / "bench", SynthConfig(domains=("source", "night"), frames=args.frames,
                                                   train_sequences=1, val_sequences=2), progress=False)
-    source = args.source
+    source = args.source.resolve() if args.source else None  # workers run in other directories
     if source is None:
         torch.manual_seed(0)
         source = save_checkpoint(tmp / "source.pt", build_model("small"))

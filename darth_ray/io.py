@@ -16,9 +16,12 @@ class InputError(ValueError):
     """Bad user input: always names the file (and line or field) it comes from."""
 
     def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
-        self.path, self.line = str(path), line
+        self.path, self.message, self.line = str(path), message, line
         where = f"{path}:{line}" if line is not None else f"{path}"
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):  # picklable, so the error survives the trip from a Ray worker to the driver
+        return (type(self), (self.path, self.message, self.line))
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:

@@ -140,3 +140,11 @@ def test_results_round_trip(tmp_path):
     np.testing.assert_allclose(tracks.boxes, [[0, 0, 5, 5], [1, 2, 10, 20]])
     with pytest.raises(ValueError, match="start at 1"):
         format_results([1], [0], [[0, 0, 1, 1]], [1.0])
+
+
+def test_input_error_survives_pickling():
+    """Errors raised in Ray workers travel to the driver pickled: the message must arrive intact."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(InputError("/data/seq/gt/gt.txt", "bad row", 7)))
+    assert isinstance(e, InputError) and str(e) == "/data/seq/gt/gt.txt:7: bad row" and e.line == 7
