@@ -37,12 +37,13 @@ def main() -> None:
     source = args.source.resolve() if args.source else None  # workers run in other directories
     if source is None:
         torch.manual_seed(0)
-        source = save_checkpoint(tmp / "source.pt", build_model("small"))
+        source = tmp / "source.pt"
+        save_checkpoint(source, build_model("small"))
     # conf_thr 0.05 so even a random-init teacher yields pseudo-boxes and the contrastive branch runs
     loop = TrainLoopConfig(source=str(source), target=str(tmp / "bench" / "night"), split="val",
                            darth={"epochs": 1, "lr_steps": (1,), "conf_thr": 0.05}, eval_every_epoch=False,
                            final_eval=False, checkpoint_every=10_000, report_every=10_000)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # Train's PG cleaner needs the State API
     fps = {}
     for workers in (1, 2):
         result = fit_trial(loop, workers, 0, str(tmp / "train"), name=f"w{workers}")

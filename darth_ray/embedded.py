@@ -3,7 +3,10 @@ a runs directory, so every experiment runs with no dataset, no download and no G
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
+
+import torch
 
 from darth_ray.data.synth import SynthConfig, benchmark_matches, generate_benchmark
 from darth_ray.models.source_training import SourceTrainConfig, train_source
@@ -29,7 +32,24 @@ def ensure_source_model(runs: Path, bench: Path, config: SourceTrainConfig = SOU
     training resumes from runs/source/last.pt)."""
     out = Path(runs) / "source"
     final = out / "final.pt"
+    for ckpt in (final, out / "last.pt"):
+        if ckpt.is_file() and _train_config(ckpt) != config:
+            stale = out.with_name(out.name + ".stale")
+            log.warning("%s was trained with other settings than %s; moving it to %s and training anew",
+                        ckpt, config, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+            out.rename(stale)
+            break
     if not final.is_file():
         log.info("training the source model on %s (cached in %s; about 20 min on 2 CPU cores)", bench / "source", out)
         train_source(bench / "source", out, config, split="train")
     return final
+
+
+def _train_config(checkpoint: Path) -> SourceTrainConfig | None:
+    """The settings a checkpoint was trained with (fields added since then take their defaults)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        return SourceTrainConfig(**state["train_config"])
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -3,12 +3,14 @@ gap), then source-only vs DARTH and the paper's ablations on each target domain.
 
     python experiments/darth_table.py [--domains night fog noise_blur] [--epochs 2] [--ablations night]
 
-Every adaptation run is cached in runs/table/<domain>/<variant>/ (rerunning skips finished runs and resumes
-interrupted ones). Writes runs/table/tables.md and replaces the tables in README.md between their markers.
+Every adaptation run is cached in runs/table/<source model hash>/<domain>/<variant>/ (rerunning skips finished
+runs and resumes interrupted ones; a retrained source model starts a new cache). Writes runs/table/tables.md and
+replaces the tables in README.md between their markers.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     bench = ensure_benchmark(args.runs)
     source = ensure_source_model(args.runs, bench)
-    cache = args.runs / "table"
+    cache = args.runs / "table" / hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     ablation_domains = args.domains if args.ablations is None else args.ablations
 
     header = "| | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS)
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     note = (f"Source model: `small` trained on `{SOURCE_DOMAIN}` train; evaluation on each domain's val split "
             f"(2 sequences x {100} frames); DARTH: {args.epochs} epochs over the target val frames (no labels), "
             "defaults otherwise. Differences in parentheses.")
-    atomic_write_text(cache / "tables.md", f"## Domain gap\n\n{gap_md}\n\n## DARTH\n\n{darth_md}\n\n{note}\n")
+    atomic_write_text(args.runs / "table" / "tables.md", f"## Domain gap\n\n{gap_md}\n\n## DARTH\n\n{darth_md}\n\n{note}\n")
     print(gap_md + "\n\n" + darth_md + "\n\n" + note)
     if not args.no_readme:
         readme = ROOT / "README.md"

@@ -23,6 +23,16 @@ def test_defaults_are_the_published_values():
     assert (c.lr, c.momentum, c.weight_decay, c.grad_clip) == (0.002, 0.9, 1e-4, 35)
     assert (c.epochs, c.lr_steps, c.lr_gamma) == (4, (3,), 0.1)
     assert c.frames_per_batch == 2
+    assert c.base_batch_size == 16  # the published lr is for 8 GPUs x 2 frames
+
+
+def test_lr_scales_linearly_with_the_total_batch():
+    assert DarthConfig().scaled_lr() == pytest.approx(0.002 * 2 / 16)
+    assert DarthConfig(frames_per_batch=4).scaled_lr(workers=4) == pytest.approx(0.002)
+    from darth_ray.adapt.darth import Darth
+    from darth_ray.models.qdtrack import build_model
+    darth = Darth(build_model("small"), DarthConfig(lr=0.004), workers=2)
+    assert darth.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -36,7 +46,7 @@ def test_defaults_are_the_published_values():
     ("ema_momentum", -0.1), ("ema_momentum", 1.5), ("conf_thr", 1.2),
     ("lr", 0.0), ("momentum", 1.0), ("weight_decay", -1e-4), ("grad_clip", 0.0),
     ("epochs", 0), ("epochs", 2.0), ("lr_steps", (3, 2)), ("lr_steps", (0,)), ("lr_gamma", 0.0),
-    ("frames_per_batch", 0), ("seed", -1), ("seed", True),
+    ("frames_per_batch", 0), ("base_batch_size", 0), ("seed", -1), ("seed", True),
 ])
 def test_every_invalid_field_names_itself(field, value):
     with pytest.raises(ValueError, match=field):

@@ -107,3 +107,46 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
     assert main(["adapt", "--source", str(tmp_path / "nope.pt"), "--target", str(bench / "night"),
                  "--split", "val", "--out", str(tmp_path / "x"), "-q"]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny, monkeypatch):
+    from darth_ray.models import source_training
+
+    seen = []
+    original = source_training._load_pair_batch
+
+    def spy(seqs, pairs, flip, colours):
+        images, targets = original(seqs, pairs, flip, colours)
+        seen.append((images, colours, [seqs[name].load_image(frames[0]) for name, *frames in pairs]))
+        return images, targets
+
+    monkeypatch.setattr(source_training, "_load_pair_batch", spy)
+    cfg = source_training.SourceTrainConfig(max_steps=3, photometric_prob=1.0, flip_prob=0.0, batch_size=1)
+    source_training.train_source(tiny / "bench" / "source", tiny / "src_photometric", cfg, split="train",
+                                 show_progress=False)
+    images, colours, plain_keys = seen[0]
+    assert colours[0] is not None and not torch.equal(images[0], plain_keys[0])  # the key frame is distorted
+    # with exactly the colour map given for this pair (key = images[0], reference = images[1])
+    from darth_ray.adapt.views import apply_colour
+    assert torch.equal(images[0], apply_colour(plain_keys[0], colours[0]))
+    with pytest.raises(ValueError, match="photometric_prob"):
+        source_training.SourceTrainConfig(photometric_prob=1.5)
+
+
+def test_embedded_source_model_retrained_when_its_settings_change(tiny, tmp_path, monkeypatch):
+    from darth_ray import embedded
+    from darth_ray.models.qdtrack import load_checkpoint
+    from darth_ray.models.source_training import SourceTrainConfig
+
+    runs = tmp_path / "runs"
+    old = SourceTrainConfig(max_steps=1, photometric_prob=0.0)
+    first = embedded.ensure_source_model(runs, tiny / "bench", old)
+    assert load_checkpoint(first)[1]["train_config"]["photometric_prob"] == 0.0
+    mtime = first.stat().st_mtime_ns
+    assert embedded.ensure_source_model(runs, tiny / "bench", old).stat().st_mtime_ns == mtime  # cached
+
+    new = SourceTrainConfig(max_steps=1, photometric_prob=0.5)
+    again = embedded.ensure_source_model(runs, tiny / "bench", new)
+    assert load_checkpoint(again)[1]["train_config"]["photometric_prob"] == 0.5
+    stale = runs / "source.stale" / "final.pt"
+    assert load_checkpoint(stale)[1]["train_config"]["photometric_prob"] == 0.0  # kept, not deleted

@@ -1,12 +1,15 @@
 """Ray Train and Tune around DARTH: sharded workers stay in sync, sharded evaluation equals a single process,
 a killed worker resumes from its last checkpoint, and a Tune experiment logs one W&B run per trial and resumes."""
+import json
+import math
+import time
 from pathlib import Path
 
 import pytest
 
 from darth_ray.eval.track import track_and_score
 from darth_ray.data.mot import load_sequences
-from darth_ray.distributed.train import EVAL_METRICS, TrainLoopConfig
+from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, TrainLoopConfig
 from darth_ray.distributed.tune import ExperimentConfig, fit_trial, run_experiment
 from darth_ray.distributed.wandb_offline import find_offline_runs, read_finished_run
 from darth_ray.eval.metrics import COMBINED
@@ -20,7 +23,9 @@ LOW = {"init_score_thr": 0.05, "obj_score_thr": 0.05}  # a random-init model sti
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # With the dashboard: Ray Train's placement-group cleaner needs the State API to free the workers' CPUs of a
+    # trial whose controller Tune tears down (without it they stay reserved and later trials never start).
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         yield
     finally:
@@ -58,6 +63,34 @@ def test_killed_worker_restarts_from_last_checkpoint(tiny, tmp_path, local_ray):
     # From a checkpoint taken before the crash (step 4, or step 3 if the crash beat the step-4 registration),
     # not from scratch.
     assert result.metrics["resumed_from_step"] in (3, 4)
+    # Evaluations (end of epoch 1 = step 3, end = step 6) survive the restart: the step-4 checkpoint's report
+    # carries the step-3 evaluation, and best_HOTA is the maximum over both.
+    by_step = {m["step"]: m for _, m in result.best_checkpoints}
+    first_eval = by_step[4]["HOTA"]
+    assert first_eval == first_eval and by_step[4]["best_HOTA"] == first_eval  # not NaN
+    assert result.metrics["best_HOTA"] == max(first_eval, result.metrics["HOTA"])
+    with result.checkpoint.as_directory() as d:
+        progress = json.loads((Path(d) / PROGRESS_FILE).read_text())
+    assert progress["best_HOTA"] == result.metrics["best_HOTA"] and progress["HOTA"] == result.metrics["HOTA"]
+
+
+def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
+    # Optuna reads HOTA from every result: reports before the first evaluation carry HOTA = NaN.
+    exp = ExperimentConfig(name="optuna", storage_path=str(tmp_path),
+                           loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}),
+                           num_samples=2, scheduler="asha", search="optuna", searched=("conf_thr", "lr"),
+                           max_concurrent_trials=2, wandb=None)
+    grid = run_experiment(exp)
+    assert len(grid) == 2 and not grid.errors
+    for result in grid:
+        assert result.metrics["epoch"] >= 1 and math.isfinite(result.metrics["HOTA"])
+        assert 0.5 <= result.config["conf_thr"] <= 0.9
+    # Both trials' worker CPUs are released (trial functions hold none), so the next experiment can start.
+    import ray
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert ray.available_resources().get("CPU", 0) == 2
 
 
 def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, local_ray, monkeypatch):

@@ -57,7 +57,10 @@ class DarthConfig:
     conf_thr: float = 0.7
 
     # Optimiser and schedule (SGD, lr x lr_gamma at each epoch in lr_steps).
+    # lr is the published one for a total batch of base_batch_size frames (8 GPUs x 2); the optimiser uses it scaled
+    # linearly to the real total batch, frames_per_batch x workers (mmdet's auto_scale_lr).
     lr: float = 0.002
+    base_batch_size: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: float | None = 35.0  # max L2 norm of all gradients; None = no clipping
@@ -91,6 +94,10 @@ class DarthConfig:
             hue_delta=min(self.hue_delta * k, 180.0),
             channel_swap_prob=self.channel_swap_prob * min(k, 1.0),
         )
+
+    def scaled_lr(self, workers: int = 1) -> float:
+        """The optimiser's lr for `workers` data-parallel workers of frames_per_batch frames each."""
+        return self.lr * self.frames_per_batch * workers / self.base_batch_size
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DarthConfig":
@@ -158,6 +165,8 @@ def _problems(c: DarthConfig) -> list[str]:
             and all(a < b for a, b in zip(steps, steps[1:]))):
         p.append(f"lr_steps must be a tuple of increasing ints >= 1 (epochs), got {steps!r}")
     in_range("lr_gamma", 0.0, 1.0, lo_open=True)
+    if not (integer(c.base_batch_size) and c.base_batch_size >= 1):
+        p.append(f"base_batch_size must be an int >= 1, got {c.base_batch_size!r}")
     if not (integer(c.frames_per_batch) and c.frames_per_batch >= 1):
         p.append(f"frames_per_batch must be an int >= 1, got {c.frames_per_batch!r}")
     if not (integer(c.seed) and c.seed >= 0):

@@ -40,17 +40,17 @@ def student_from_source(source: QDTrack) -> QDTrack:
 class Darth:
     """Student, EMA teacher, optimiser and one adaptation step.
 
-    `grad_sync(params)` (optional) averages gradients across data-parallel workers before the optimiser step;
-    with identical initial weights this keeps every worker's student, and so its teacher, identical.
+    `grad_sync(params)` (optional) averages gradients across `workers` data-parallel workers before the optimiser
+    step; with identical initial weights this keeps every worker's student, and so its teacher, identical.
     """
 
     def __init__(self, source: QDTrack, config: DarthConfig,
-                 grad_sync: Callable[[list[Tensor]], None] | None = None):
+                 grad_sync: Callable[[list[Tensor]], None] | None = None, workers: int = 1):
         self.config = config
         self.student = student_from_source(source)
         self.teacher = make_teacher(self.student)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
+        self.optimizer = torch.optim.SGD(self.params, lr=config.scaled_lr(workers), momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.grad_sync = grad_sync
         # Pad views with the pixel mean so padding is zero after normalisation, as the detector pads.

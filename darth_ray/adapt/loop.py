@@ -33,12 +33,13 @@ class AdaptationRun:
 
     def __init__(self, source: Path, sequences: list[Sequence], frames: list[tuple[str, int]], config: DarthConfig,
                  steps_per_epoch: int | None = None, rank: int = 0,
-                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None, device: str = "cpu"):
+                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None, workers: int = 1,
+                 device: str = "cpu"):
         if not frames:
             raise ValueError("no target frames to adapt on")
         source_model, _ = load_checkpoint(source, map_location=device)
         self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
-        self.darth = Darth(source_model.to(device), config, grad_sync)
+        self.darth = Darth(source_model.to(device), config, grad_sync, workers)
         self.sequences = {s.name: s for s in sequences}
         self.frames = frames
         self.steps_per_epoch = steps_per_epoch or max(1, len(frames) // config.frames_per_batch)

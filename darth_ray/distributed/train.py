@@ -1,9 +1,9 @@
 """DARTH on Ray Train (Train V2): each TorchTrainer worker adapts on its shard of the target frames.
 
 - Frames are split with `shard_frames` (contiguous, equal sizes); every worker runs the same number of steps.
-- Gradients are averaged across workers with one all-reduce per step (flattened), so students, optimisers and
-  therefore EMA teachers stay identical on every rank without wrapping the model in DDP (DARTH calls several
-  model methods per step, not one forward).
+- Gradients are averaged across workers by bucketed all-reduces that start during backward
+  (`OverlappedAllReduce`), so students, optimisers and therefore EMA teachers stay identical on every rank without
+  wrapping the model in DDP (DARTH calls several model methods per step, not one forward).
 - Checkpoints (full DARTH state) are reported through `ray.train.report`; with `FailureConfig(max_failures=k)`
   a crashed worker group restarts from the latest one and finishes the remaining steps.
 - Evaluation is sharded by whole sequences (`shard_sequences`); per-sequence results are gathered on every rank
@@ -11,7 +11,9 @@
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
 STATE_FILE = "darth_state.pt"
+PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
 
 
 @dataclass(frozen=True)
@@ -55,18 +58,75 @@ class TrainLoopConfig:
 
 def allreduce_mean(params: list[torch.Tensor]) -> None:
     """Average the gradients of `params` over all workers (one flattened all-reduce)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    _average_into(params, _flat_grads(params))
+
+
+def _flat_grads(params: list[torch.Tensor]) -> tuple[torch.Tensor, object]:
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    return flat, dist.all_reduce(flat, async_op=True)
+
+
+def _average_into(params: list[torch.Tensor], launched: tuple[torch.Tensor, object]) -> None:
+    flat, work = launched
+    work.wait()
     flat /= dist.get_world_size()
     offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
+    for p in params:
+        n = p.numel()
         if p.grad is None:
             p.grad = flat[offset:offset + n].view_as(p).clone()
         else:
             p.grad.copy_(flat[offset:offset + n].view_as(p))
         offset += n
+
+
+class OverlappedAllReduce:
+    """Gradient averaging that overlaps communication with the backward pass, as DDP's reducer does.
+
+    Parameters are grouped into buckets of about `bucket_mb`, in reverse order (backward produces the last layers'
+    gradients first). When every gradient of a bucket is accumulated, its all-reduce starts asynchronously, while
+    backward goes on with earlier layers. Buckets start strictly in order, so every rank issues the same sequence of
+    collectives even when some parameters get no gradient in a step (those buckets start, zero-filled, when the
+    step calls this object). Use as `grad_sync`: the first call averages synchronously and attaches the hooks.
+    """
+
+    def __init__(self, bucket_mb: float = 4.0):
+        self.bucket_bytes = int(bucket_mb * 2 ** 20)
+        self.buckets: list[list[torch.Tensor]] = []
+        self.launched: list[tuple[torch.Tensor, object]] = []
+        self.pending: list[int] = []  # per bucket: gradients still to come this step
+
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        if not self.buckets:
+            allreduce_mean(params)
+            self._attach(params)
+            return
+        self._launch_ready(force=True)
+        for bucket, launched in zip(self.buckets, self.launched):
+            _average_into(bucket, launched)
+        self.launched = []
+        self.pending = [len(b) for b in self.buckets]
+
+    def _attach(self, params: list[torch.Tensor]) -> None:
+        size = 0
+        for p in reversed(params):
+            if not self.buckets or size + p.numel() * p.element_size() > self.bucket_bytes:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self.pending = [len(b) for b in self.buckets]
+        for index, bucket in enumerate(self.buckets):
+            for p in bucket:
+                p.register_post_accumulate_grad_hook(lambda _p, i=index: self._ready(i))
+
+    def _ready(self, index: int) -> None:
+        self.pending[index] -= 1
+        self._launch_ready(force=False)
+
+    def _launch_ready(self, force: bool) -> None:
+        while len(self.launched) < len(self.buckets) and (force or self.pending[len(self.launched)] == 0):
+            self.launched.append(_flat_grads(self.buckets[len(self.launched)]))
 
 
 def ranks_in_sync(model: torch.nn.Module, world: int) -> bool:
@@ -124,7 +184,8 @@ def train_func(config: dict) -> None:
     shards = shard_frames(frame_counts(sequences), world)
     steps_per_epoch = max(1, min(len(s) for s in shards) // darth_config.frames_per_batch)
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
-                        rank=rank, grad_sync=allreduce_mean if world > 1 else None, device=device)
+                        rank=rank, grad_sync=OverlappedAllReduce() if world > 1 else None, workers=world,
+                        device=device)
     checkpoint = ray.train.get_checkpoint()
     resumed_from = 0
     if checkpoint is not None:
@@ -140,7 +201,13 @@ def train_func(config: dict) -> None:
         settings = {k: v for k, v in loop.wandb.items() if k != "run_id"}
         logger = TrialLogger(WandbSettings(**settings), loop.run_name,
                              {**darth_config.to_dict(), "workers": world}, run_id=loop.wandb.get("run_id"))
-    best_hota, last_eval = float("-inf"), {}
+    # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
+    # from every result, and ASHA's milestones fall on evaluated epochs.
+    last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / PROGRESS_FILE).is_file():
+                last_eval.update(json.loads((Path(d) / PROGRESS_FILE).read_text()))
     first_step, started = run.step, time.perf_counter()
     try:
         while run.step < run.total_steps:
@@ -161,9 +228,9 @@ def train_func(config: dict) -> None:
             if evaluated:
                 _, scores = evaluate_sharded(run.darth.student, sequences, loop.tracker, rank, world)
                 if scores:
+                    best = last_eval["best_HOTA"]
                     last_eval = {k: scores[COMBINED][k] for k in EVAL_METRICS}
-                    best_hota = max(best_hota, last_eval["HOTA"])
-                    last_eval["best_HOTA"] = best_hota
+                    last_eval["best_HOTA"] = last_eval["HOTA"] if math.isnan(best) else max(best, last_eval["HOTA"])
                     if logger:
                         logger.log_eval(run.step, {k: scores[COMBINED][k] for k in EVAL_METRICS})
             # The latest evaluation rides along with later step reports, so every report Tune sees after the
@@ -173,14 +240,15 @@ def train_func(config: dict) -> None:
                 metrics["ranks_in_sync"] = ranks_in_sync(run.darth.teacher, world)
             save = run.step % loop.checkpoint_every == 0 or end_of_epoch
             if save or run.step % loop.report_every == 0 or evaluated:
-                _report(run, metrics, save and rank == 0, final=run.step == run.total_steps)
+                _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
     finally:
         if logger:
             logger.finish()
 
 
-def _report(run, metrics: dict, with_checkpoint: bool, final: bool) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the checkpoint, and at the end the adapted student."""
+def _report(run, metrics: dict, evaluation: dict, with_checkpoint: bool, final: bool) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint (DARTH state + `evaluation`), and at the
+    end the adapted student."""
     import ray.train
     from ray.train import Checkpoint
 
@@ -189,6 +257,7 @@ def _report(run, metrics: dict, with_checkpoint: bool, final: bool) -> None:
         return
     with tempfile.TemporaryDirectory() as d:
         run.save(Path(d) / STATE_FILE)
+        (Path(d) / PROGRESS_FILE).write_text(json.dumps(evaluation))
         if final:
             run.save_student(Path(d) / "final.pt")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))

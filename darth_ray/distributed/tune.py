@@ -14,6 +14,8 @@ from darth_ray.distributed.train import TrainLoopConfig, train_func
 
 log = logging.getLogger(__name__)
 
+TRIAL_MEMORY = 256 * 2**20  # bytes reserved by each trial function (its driver of the TorchTrainer)
+
 # Hyperparameters searched by default (DARTH.md "What people tune"), as (sampler, low, high).
 SEARCH_SPACE = {
     "aug_strength": ("uniform", 0.5, 1.5),
@@ -108,16 +110,20 @@ def _trial(config: dict, base: dict) -> None:
 
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True):
-    """Run (or resume) the Tune experiment; returns the ResultGrid."""
+    """Run (or resume) the Tune experiment; returns the ResultGrid.
+
+    Ray needs its dashboard (the State API) here: when Tune ends a trial, Ray Train's placement-group cleaner
+    frees the trial's worker CPUs only once it sees the controller gone, and without the State API it never
+    does, so later trials wait forever for CPUs."""
     from ray import tune
 
-    # Step reports carry losses only until the first evaluation; ASHA skips results without HOTA.
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     base = {"loop": dataclasses.asdict(exp.loop), "name": exp.name, "storage_path": exp.storage_path,
             "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures,
             "wandb": exp.wandb}
-    # The trial function only waits on its TorchTrainer: a sliver of a CPU (0 is rejected by Ray).
-    trainable = tune.with_resources(tune.with_parameters(_trial, base=base), {"cpu": 0.01})
+    # The trial function only waits on its TorchTrainer, so it holds no CPU (even 0.01 CPU per trial would keep the
+    # last trial's workers from fitting on a full node; they would time out waiting). Ray rejects an empty resource
+    # request: it reserves memory instead.
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=base), {"cpu": 0, "memory": TRIAL_MEMORY})
     path = str(Path(exp.storage_path) / exp.name)
     if resume and tune.Tuner.can_restore(path):
         log.info("resuming Tune experiment %s (finished trials are kept)", path)
