@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate (0.02)")
     p.add_argument("--photometric-prob", type=float, default=None,
                    help="probability of each photometric distortion (brightness, contrast, saturation, hue, channel "
-                        "swap; mmtrack's SeqPhotoMetricDistortion, shared by key and reference frame); 0 = off (0.5)")
+                        "swap; mmtrack's SeqPhotoMetricDistortion, shared by key and reference frame); 0 = off (0)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (100)")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")

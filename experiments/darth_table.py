@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     note = (f"Source model: `small` trained on `{SOURCE_DOMAIN}` train; evaluation on each domain's val split "
             f"(2 sequences x {100} frames); DARTH: {args.epochs} epochs over the target val frames (no labels), "
             "defaults otherwise. Differences in parentheses.")
-    atomic_write_text(args.runs / "table" / "tables.md", f"## Domain gap\n\n{gap_md}\n\n## DARTH\n\n{darth_md}\n\n{note}\n")
+    atomic_write_text(args.runs / "table" / "tables.md",
+                      f"## Domain gap\n\n{gap_md}\n\n## DARTH\n\n{darth_md}\n\n{note}\n")
     print(gap_md + "\n\n" + darth_md + "\n\n" + note)
     if not args.no_readme:
         readme = ROOT / "README.md"

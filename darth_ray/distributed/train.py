@@ -186,11 +186,16 @@ def train_func(config: dict) -> None:
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
                         rank=rank, grad_sync=OverlappedAllReduce() if world > 1 else None, workers=world,
                         device=device)
+    # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
+    # from every result, and ASHA's milestones fall on evaluated epochs.
+    last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
     checkpoint = ray.train.get_checkpoint()
     resumed_from = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             run.load_state_dict(torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False))
+            if (Path(d) / PROGRESS_FILE).is_file():
+                last_eval.update(json.loads((Path(d) / PROGRESS_FILE).read_text()))
         resumed_from = run.step
         log.info("rank %d resumed at step %d/%d", rank, run.step, run.total_steps)
 
@@ -201,13 +206,6 @@ def train_func(config: dict) -> None:
         settings = {k: v for k, v in loop.wandb.items() if k != "run_id"}
         logger = TrialLogger(WandbSettings(**settings), loop.run_name,
                              {**darth_config.to_dict(), "workers": world}, run_id=loop.wandb.get("run_id"))
-    # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
-    # from every result, and ASHA's milestones fall on evaluated epochs.
-    last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            if (Path(d) / PROGRESS_FILE).is_file():
-                last_eval.update(json.loads((Path(d) / PROGRESS_FILE).read_text()))
     first_step, started = run.step, time.perf_counter()
     try:
         while run.step < run.total_steps:

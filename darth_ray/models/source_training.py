@@ -155,8 +155,10 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
             pairs, pairs_epoch = sample_frame_pairs(counts, cfg.frame_range, seed=cfg.seed + epoch), epoch
         batch = pairs[index * cfg.batch_size:(index + 1) * cfg.batch_size]
         flip = torch.rand(len(batch), generator=generator) < cfg.flip_prob
-        colours = [colour_transform(u.tolist(), photometric).float() if cfg.photometric_prob > 0 else None
-                   for u in torch.rand(len(batch), 12, generator=generator, dtype=torch.float64)]
+        colours = [None] * len(batch)
+        if cfg.photometric_prob > 0:  # drawn only when on: with it off, training repeats the earlier random stream
+            colours = [colour_transform(u.tolist(), photometric).float()
+                       for u in torch.rand(len(batch), 12, generator=generator, dtype=torch.float64)]
         images, targets = _load_pair_batch(seqs, batch, flip, colours)
         t0 = time.perf_counter()
         losses = qdtrack_losses(model, images, targets, len(batch))
