@@ -1,15 +1,21 @@
 """Time ``build_views`` against the per-image numpy/OpenCV pipeline of the original implementation.
 
-The baseline does, per frame and per view, what DARTH's mmdet/mmtrack transforms do (mattiasegu/darth,
-``darth_qdtrack.py``: ``img.cpu().numpy().transpose(1, 2, 0)`` per frame, the view pipelines, collate): numpy HWC,
-cv2.flip, cv2.resize of the whole frame (keep ratio, INTER_LINEAR), crop, pad to the target size, and for the
-student and contrastive views mmdet's PhotoMetricDistortion in float32 (brightness, contrast, saturation and hue in
-HSV via cv2.cvtColor, channel swap); then torch.from_numpy and stack.
+Three per-image baselines, all on the same 2 frames with the same augmentation ranges:
 
-Two baselines: "float32" is the original (its frames are loaded with ``to_float32=True``, so the geometric
-transforms run on float32 too; the frames are converted to float32 before timing); "uint8 geo" runs flip/resize/crop
-on uint8 and converts to float32 only for the photometric distortion (a faster variant, for a conservative ratio).
-The original also deep-copies every frame several times and normalises and pads each view; the baselines don't.
+- "original _prepare_views": what DARTH's ``DARTHQDTrack._prepare_views`` (mattiasegu/darth, ``darth_qdtrack.py``)
+  does around its mmdet/mmtrack transforms, step for step: each frame to numpy HWC (``to_results``), the result
+  dicts deep-copied where the original deep-copies them, the plain frame through the out pipeline for the teacher's
+  pseudo-labelling pass, the teacher view (flip/resize/crop) through the out pipeline twice (key and reference
+  copy), the student view (photometric on the teacher view) and the contrastive view (flip/resize/crop/photometric)
+  through it once each; out pipeline = mmcv's imnormalize (float32), Pad(size_divisor=32), DefaultFormatBundle
+  (HWC -> CHW tensor); then collate (pad to the largest view, stack). Frames are float32 (``to_float32=True``).
+- "numpy/cv2 float32": only the augmentations of the three views (flip, keep-ratio resize, crop, pad to the target
+  size, mmdet's PhotoMetricDistortion in float32 with HSV via cv2.cvtColor), then from_numpy and stack: no
+  normalising, padding to /32, deep copies, plain-frame pass or duplicated teacher pass.
+- "numpy/cv2 uint8 geo": the same with flip/resize/crop on uint8 (float32 only for the photometric distortion).
+
+To compare like with like against the first baseline, "build_views + normalise" adds what darth_ray does to get the
+same normalised float32 network inputs (plain frames and three views; ``QDTrack.normalize``).
 
 The pipelines run interleaved so that they share whatever else loads the machine; the process CPU time column shows
 the work done (on a shared machine, wall time with 2 threads depends on what the other processes leave free).
@@ -22,12 +28,15 @@ import argparse
 import statistics
 import time
 
+import copy
+
 import cv2
 import numpy as np
 import torch
 
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.views import build_views
+from darth_ray.models.qdtrack import build_model
 
 FRAME_W, FRAME_H = 1920, 1080
 TARGET_W, TARGET_H = 1088, 608
@@ -96,6 +105,66 @@ def numpy_cv2_views(frames: torch.Tensor, pseudo_boxes: list[torch.Tensor], rng:
     return torch.stack(teachers), torch.stack(students), torch.stack(contrastives), teacher_boxes, contrastive_boxes
 
 
+PIXEL_MEAN = np.array([103.530, 116.280, 123.675], dtype=np.float64)  # mmdet caffe-style BGR mean, std 1
+PIXEL_STD = np.array([1.0, 1.0, 1.0], dtype=np.float64)
+
+
+def out_pipeline(result: dict) -> dict:
+    """mmdet SeqNormalize (mmcv.imnormalize) + SeqPad(size_divisor=32) + SeqDefaultFormatBundle, on one result."""
+    img = result["img"].copy().astype(np.float32)  # imnormalize copies, then works in place
+    cv2.subtract(img, PIXEL_MEAN.reshape(1, -1), img)
+    cv2.multiply(img, 1.0 / PIXEL_STD.reshape(1, -1), img)
+    h, w = img.shape[:2]
+    padded = np.zeros((-(-h // 32) * 32, -(-w // 32) * 32, 3), dtype=np.float32)
+    padded[:h, :w] = img
+    result["img"] = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))
+    result["gt_bboxes"] = torch.from_numpy(result["gt_bboxes"])
+    return result
+
+
+def collate(images: list[torch.Tensor]) -> torch.Tensor:
+    """mmcv collate of stacked DataContainers: pad every image to the largest, then stack."""
+    h = max(i.shape[1] for i in images)
+    w = max(i.shape[2] for i in images)
+    return torch.stack([torch.nn.functional.pad(i, (0, w - i.shape[2], 0, h - i.shape[1])) for i in images])
+
+
+def original_prepare_views(frames: torch.Tensor, pseudo_boxes: list[torch.Tensor], rng: np.random.Generator):
+    """DARTHQDTrack._prepare_views without the teacher's forward: the per-image dict/numpy/cv2 round trip."""
+    results = [{"img": frame.cpu().numpy().transpose(1, 2, 0), "gt_bboxes": boxes.cpu().numpy()}
+               for frame, boxes in zip(frames, pseudo_boxes)]  # to_results
+    # Plain frames (key + reference copy) through the out pipeline, for the pseudo-labelling forward.
+    plain = [[out_pipeline(copy.deepcopy(res)) for _ in range(2)] for res in results]
+    gt_img = collate([p[0]["img"] for p in plain])
+    # Teacher view; teacher/teacher pair through the out pipeline.
+    teacher = []
+    for res in copy.deepcopy(results):
+        img, boxes = geometric_view(res["img"], res["gt_bboxes"], rng)
+        teacher.append({"img": img, "gt_bboxes": boxes})
+    t_pairs = [[out_pipeline(copy.deepcopy(t)) for _ in range(2)] for t in teacher]
+    t_img = collate([p[0]["img"] for p in t_pairs])
+    # Student view = photometric distortion of a copy of the teacher view; contrastive view from a copy of the frame.
+    students = [{"img": photometric_distortion(t["img"], rng), "gt_bboxes": t["gt_bboxes"]}
+                for t in copy.deepcopy(teacher)]
+    contrastives = []
+    for res in copy.deepcopy(results):
+        img, boxes = geometric_view(res["img"], res["gt_bboxes"], rng)
+        contrastives.append({"img": photometric_distortion(img, rng), "gt_bboxes": boxes})
+    s_c = [[out_pipeline(r) for r in pair] for pair in zip(copy.deepcopy(students), contrastives)]
+    s_img = collate([p[0]["img"] for p in s_c])
+    c_img = collate([p[1]["img"] for p in s_c])
+    return gt_img, t_img, s_img, c_img
+
+
+def build_and_normalise(model, frames: torch.Tensor, pseudo_boxes: list[torch.Tensor], config: DarthConfig,
+                        generator: torch.Generator, fill: tuple[float, float, float]):
+    """darth_ray's equivalent of the above: views, then the normalised float inputs of the plain frames and views."""
+    views = build_views(frames, pseudo_boxes, config, generator, fill=fill)
+    return (model.normalize(frames), model.normalize(views.teacher, views.teacher_sizes),
+            model.normalize(views.student, views.teacher_sizes),
+            model.normalize(views.contrastive, views.contrastive_sizes))
+
+
 def random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
     xy = torch.rand(n, 2, generator=generator) * torch.tensor([FRAME_W - 200.0, FRAME_H - 400.0])
     wh = 40 + torch.rand(n, 2, generator=generator) * torch.tensor([150.0, 350.0])
@@ -119,11 +188,18 @@ def main() -> None:
     rng = np.random.default_rng(1)
 
     frames_float = frames.float()  # the original holds its frames as float32 (to_float32=True)
+    model = build_model("r50_fpn")  # only its normalisation (caffe-style BGR mean, std 1, pad to /32) is used
+    fill = tuple(float(v) for v in reversed(model.config.pixel_mean))
     pipelines = {
         "build_views": lambda: build_views(frames, pseudo_boxes, config, view_gen),
+        "build_views + normalise": lambda: build_and_normalise(model, frames, pseudo_boxes, config, view_gen, fill),
+        "original _prepare_views": lambda: original_prepare_views(frames_float, pseudo_boxes, rng),
         "numpy/cv2 float32": lambda: numpy_cv2_views(frames_float, pseudo_boxes, rng),
         "numpy/cv2 uint8 geo": lambda: numpy_cv2_views(frames, pseudo_boxes, rng),
     }
+    # Each baseline against the darth_ray pipeline producing the same kind of output.
+    counterpart = {"original _prepare_views": "build_views + normalise", "numpy/cv2 float32": "build_views",
+                   "numpy/cv2 uint8 geo": "build_views"}
     wall: dict[str, list[float]] = {name: [] for name in pipelines}
     cpu: dict[str, list[float]] = {name: [] for name in pipelines}
     for run in range(args.warmup + args.runs):
@@ -136,10 +212,12 @@ def main() -> None:
 
     print(f"2 frames {FRAME_W}x{FRAME_H} -> 3 views {TARGET_W}x{TARGET_H}, {NUM_BOXES} boxes each, "
           f"{args.threads} threads, per call over {args.runs} runs: wall median (min), process CPU time median")
-    ours = statistics.median(wall["build_views"])
     for name, ts in wall.items():
-        ratio = "" if name == "build_views" else f"   build_views is {statistics.median(ts) / ours:.1f}x faster"
-        print(f"  {name:20s} {statistics.median(ts) * 1e3:7.1f} ms ({min(ts) * 1e3:6.1f} ms)   "
+        ratio = ""
+        if name in counterpart:
+            ours = counterpart[name]
+            ratio = f"   {ours} is {statistics.median(ts) / statistics.median(wall[ours]):.1f}x faster"
+        print(f"  {name:24s} {statistics.median(ts) * 1e3:7.1f} ms ({min(ts) * 1e3:6.1f} ms)   "
               f"CPU {statistics.median(cpu[name]) * 1e3:6.1f} ms{ratio}")
 
 

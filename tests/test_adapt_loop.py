@@ -9,7 +9,7 @@ from darth_ray.adapt.darth import Darth
 from darth_ray.adapt.loop import AdaptationRun
 from darth_ray.cli import main
 from darth_ray.data.mot import load_sequences
-from darth_ray.models.qdtrack import load_checkpoint
+from darth_ray.models.qdtrack import build_model, load_checkpoint
 
 
 def frames_of(tiny, n=2):
@@ -150,3 +150,24 @@ def test_embedded_source_model_retrained_when_its_settings_change(tiny, tmp_path
     assert load_checkpoint(again)[1]["train_config"]["photometric_prob"] == 0.5
     stale = runs / "source.stale" / "final.pt"
     assert load_checkpoint(stale)[1]["train_config"]["photometric_prob"] == 0.0  # kept, not deleted
+
+
+def test_detections_of_one_model_embedded_by_another(tiny):
+    """experiments/swap_heads.py relies on this: boxes and scores from `model`, embeddings from `embedder`."""
+    from darth_ray.eval.track import detect_and_embed
+
+    model, _ = load_checkpoint(tiny / "source.pt")
+    torch.manual_seed(1)
+    other = build_model("small").eval()
+    model.eval()
+    frames = frames_of(tiny)
+    own = detect_and_embed(model, frames)
+    swapped = detect_and_embed(model, frames, embedder=other)
+    assert sum(len(d["boxes"]) for d in own) > 0
+    with torch.no_grad():
+        expected = other.embed(other.features(other.normalize(frames)), [d["boxes"] for d in own])
+    for o, s, e in zip(own, swapped, expected):
+        assert torch.equal(o["boxes"], s["boxes"]) and torch.equal(o["scores"], s["scores"])
+        assert torch.allclose(s["embeds"], e) and not torch.allclose(s["embeds"], o["embeds"])
+    assert all(torch.equal(o["embeds"], s["embeds"])
+               for o, s in zip(own, detect_and_embed(model, frames, embedder=model)))

@@ -29,9 +29,12 @@ def resize_factor(height: int, width: int, max_size: int | None) -> float:
 
 
 @torch.no_grad()
-def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None,
+                     embedder=None) -> list[dict[str, torch.Tensor]]:
     """Detections + track embeddings for a batch of uint8 RGB frames [B, 3, H, W] (all the same size).
 
+    ``embedder``: another QDTrack whose track head embeds ``model``'s detections (None = ``model`` itself), to
+    tell the detector's share of a tracking result from the embeddings' share.
     Returns per frame {"boxes" [N, 4] x1y1x2y2 in frame pixels, "scores" [N], "embeds" [N, D]}.
     """
     frames = frames.to(next(model.parameters()).device)
@@ -46,6 +49,8 @@ def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None) -
     logits, deltas = model.rpn_head(feats)
     proposals = model.proposals(feats, logits, deltas, image_sizes)
     detections = model.detect(feats, proposals, image_sizes)
+    if embedder is not None and embedder is not model:
+        model, feats = embedder, embedder.features(embedder.normalize(images))
     embeds = model.embed(feats, [d["boxes"] for d in detections])
     sx, sy = images.shape[-1] / width, images.shape[-2] / height  # back to frame pixels
     scale = torch.tensor([sx, sy, sx, sy], device=frames.device)
@@ -53,10 +58,13 @@ def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None) -
 
 
 def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_size: int = 4,
-                   max_size: int | None = None, progress: tqdm | None = None) -> dict[str, np.ndarray]:
+                   max_size: int | None = None, progress: tqdm | None = None,
+                   embedder=None) -> dict[str, np.ndarray]:
     """Track one sequence; returns MOT arrays {"frames", "ids" (1-based), "boxes" (x1y1x2y2), "scores"}."""
     tracker.reset()
     model.eval()
+    if embedder is not None:
+        embedder.eval()
     out = {"frames": [], "ids": [], "boxes": [], "scores": []}
     batches = [list(range(s, min(s + batch_size, sequence.num_frames + 1)))
                for s in range(1, sequence.num_frames + 1, batch_size)]
@@ -67,7 +75,7 @@ def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_
             images = pending.result()
             if i + 1 < len(batches):
                 pending = pool.submit(load, batches[i + 1])
-            for frame, det in zip(frame_ids, detect_and_embed(model, images, max_size)):
+            for frame, det in zip(frame_ids, detect_and_embed(model, images, max_size, embedder)):
                 boxes, scores, ids = tracker.update(frame, det["boxes"], det["scores"], det["embeds"])
                 out["frames"].append(np.full(len(ids), frame))
                 out["ids"].append(ids.cpu().numpy() + 1)
@@ -80,22 +88,24 @@ def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_
 
 def track_sequences(model, sequences: list[Sequence], out_dir: Path | None = None,
                     tracker_params: dict | None = None, batch_size: int = 4, max_size: int | None = None,
-                    show_progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
-    """Track every sequence; returns {seq: result arrays} and, with `out_dir`, writes `out_dir/<seq>.txt`."""
+                    show_progress: bool = True, embedder=None) -> dict[str, dict[str, np.ndarray]]:
+    """Track every sequence; returns {seq: result arrays} and, with `out_dir`, writes `out_dir/<seq>.txt`.
+    ``embedder``: see ``detect_and_embed``."""
     tracker = QuasiDenseTracker(**(tracker_params or {}))
     results = {}
     with tqdm(total=sum(s.num_frames for s in sequences), unit="frame", desc="tracking",
               disable=not show_progress) as bar:
         for seq in sequences:
             bar.set_postfix_str(seq.name)
-            r = results[seq.name] = track_sequence(model, seq, tracker, batch_size, max_size, progress=bar)
+            r = results[seq.name] = track_sequence(model, seq, tracker, batch_size, max_size, bar, embedder)
             if out_dir is not None:
                 write_results(Path(out_dir) / f"{seq.name}.txt", r["frames"], r["ids"], r["boxes"], r["scores"])
     return results
 
 
 def track_and_score(model, sequences: list[Sequence], tracker_params: dict | None = None,
-                    out_dir: Path | None = None, show_progress: bool = False) -> tuple[dict, dict]:
+                    out_dir: Path | None = None, show_progress: bool = False, embedder=None) -> tuple[dict, dict]:
     """Track sequences that have ground truth; returns (result arrays, metrics incl. COMBINED)."""
-    results = track_sequences(model, sequences, out_dir, tracker_params, show_progress=show_progress)
+    results = track_sequences(model, sequences, out_dir, tracker_params, show_progress=show_progress,
+                              embedder=embedder)
     return results, score_results(sequences, results)
