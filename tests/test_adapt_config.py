@@ -113,3 +113,10 @@ def test_effective_ranges_scale_with_strength():
     assert double.brightness_delta == 64 and double.hue_delta == 36
     assert double.flip_prob == 0.5  # probabilities stop at the published value
     assert double.photometric_prob == 0.5
+
+
+def test_embedded_darth_settings_are_valid_overrides():
+    from darth_ray.embedded import DARTH_SETTINGS
+
+    config = DarthConfig(**DARTH_SETTINGS)
+    assert config.effective_ranges().photometric_prob == DARTH_SETTINGS["photometric_prob"]

@@ -31,7 +31,7 @@ def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, 
 
     best = json.loads((runs / "tune" / "job" / "best.json").read_text())
     assert len(best) == 1 and isinstance(best[0]["HOTA"], float)
-    assert set(best[0]["config"]) == {"aug_strength", "rpn_weight", "roi_weight", "contrastive_weight",
-                                      "ema_momentum", "conf_thr", "lr"}
+    assert set(best[0]["config"]) == {"aug_strength", "photometric_prob", "channel_swap_prob", "rpn_weight",
+                                      "roi_weight", "contrastive_weight", "ema_momentum", "conf_thr", "lr"}
     assert "best trials of job" in result.stdout
     assert list((runs / "tune" / "job" / "wandb").glob("offline-run-*"))  # one W&B run for the trial
