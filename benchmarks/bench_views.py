@@ -25,10 +25,9 @@ the work done (on a shared machine, wall time with 2 threads depends on what the
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
-
-import copy
 
 import cv2
 import numpy as np
