@@ -373,7 +373,8 @@ def start_ray_head(
     try:
         head.wait_ready(ready_timeout)
         if head.dashboard_url:
-            wait_for_dashboard(head.dashboard_url, timeout=ready_timeout)
+            wait_for_dashboard(head.dashboard_url, timeout=ready_timeout,
+                               agent_url=f"http://{node_ip_address}:{agent_port}")
     except BaseException:
         head.stop()
         raise
@@ -432,20 +433,25 @@ def _auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def wait_for_dashboard(url: str, timeout: float = 60.0) -> None:
-    """Wait until the dashboard's job API (``/api/version``) answers 200."""
+def wait_for_dashboard(url: str, timeout: float = 60.0, agent_url: str | None = None) -> None:
+    """Wait until the dashboard's job API (``/api/version``) answers 200 and, with ``agent_url``, the head node's
+    dashboard agent too (``/api/local_raylet_healthz``): job submissions are forwarded to that agent, and one sent
+    while it still starts fails with "Server disconnected"."""
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            request = urllib.request.Request(url.rstrip("/") + "/api/version", headers=_auth_headers())
-            with urllib.request.urlopen(request, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            last = e
-        time.sleep(0.5)
-    raise TimeoutError(f"dashboard {url} not answering after {timeout:.0f}s: {last}")
+    for endpoint in [url.rstrip("/") + "/api/version"] + ([agent_url.rstrip("/") + "/api/local_raylet_healthz"]
+                                                         if agent_url else []):
+        last: Exception | None = None
+        while True:
+            try:
+                request = urllib.request.Request(endpoint, headers=_auth_headers())
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                last = e
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{endpoint} not answering after {timeout:.0f}s: {last}")
+            time.sleep(0.5)
 
 
 def alive_nodes() -> list[dict]:
