@@ -49,9 +49,10 @@ def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None,
     logits, deltas = model.rpn_head(feats)
     proposals = model.proposals(feats, logits, deltas, image_sizes)
     detections = model.detect(feats, proposals, image_sizes)
-    if embedder is not None and embedder is not model:
-        model, feats = embedder, embedder.features(embedder.normalize(images))
-    embeds = model.embed(feats, [d["boxes"] for d in detections])
+    if embedder is None or embedder is model:
+        embeds = model.embed(feats, [d["boxes"] for d in detections])
+    else:
+        embeds = embedder.embed(embedder.features(embedder.normalize(images)), [d["boxes"] for d in detections])
     sx, sy = images.shape[-1] / width, images.shape[-2] / height  # back to frame pixels
     scale = torch.tensor([sx, sy, sx, sy], device=frames.device)
     return [{"boxes": d["boxes"] / scale, "scores": d["scores"], "embeds": e} for d, e in zip(detections, embeds)]
