@@ -107,7 +107,7 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str) -> N
         flag = "--" + f.name.replace("_", "-")
         text = f"(default: {default})"
         if isinstance(default, bool):
-            g.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), metavar="BOOL", help=text)
+            g.add_argument(flag, type=_boolean, metavar="BOOL", help=text)
         elif isinstance(default, tuple) or "tuple" in str(kind):
             elem = int if "int" in str(kind) and "float" not in str(kind) else float
             g.add_argument(flag, type=elem, nargs="+", metavar="X", help=text)
@@ -115,6 +115,14 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str) -> N
             g.add_argument(flag, type=int, metavar="N", help=text)
         else:
             g.add_argument(flag, type=float, metavar="X", help=text)
+
+
+def _boolean(text: str) -> bool:
+    """true/false (also yes/no, 1/0); anything else is an argparse error naming the value."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
 
 
 def _config_from_args(args: argparse.Namespace, config_cls):

@@ -1,11 +1,12 @@
 """The README's result tables, generated: the source model on every domain of the embedded benchmark (the domain
 gap), then source-only vs DARTH and the paper's ablations on each target domain.
 
-    python experiments/darth_table.py [--domains night fog noise_blur] [--epochs 2] [--ablations night]
+    python experiments/darth_table.py [--domains night fog noise_blur] [--epochs 2] [--ablations night] [--seeds 0 1]
 
-DARTH runs with the benchmark's settings (darth_ray/embedded.py DARTH_SETTINGS: geometric views only); the published
-photometric views are a row of their own. Every adaptation run is cached in
-runs/table/<source model hash>/<domain>/<variant>-<config hash>/ (rerunning skips finished runs and resumes
+DARTH runs with the benchmark's settings (darth_ray/embedded.py DARTH_SETTINGS: target BN statistics, geometric
+views only); source BN statistics and the published photometric views are rows of their own, and so is the
+source model with target BN statistics and no training (how much of the gain is the statistics alone). Every
+adaptation run is cached in runs/table/<source model hash>/<domain>/<variant>-<config hash>/ (rerunning skips finished runs and resumes
 interrupted ones; another source model or configuration starts a new run). Writes runs/table/tables.md and
 replaces the tables in README.md between their markers.
 """
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from darth_ray.adapt.bn_stats import estimate_bn_statistics  # noqa: E402
 from darth_ray.adapt.config import DarthConfig  # noqa: E402
 from darth_ray.adapt.loop import adapt  # noqa: E402
 from darth_ray.eval.track import track_and_score  # noqa: E402
@@ -41,19 +43,25 @@ PUBLISHED_VIEWS = {"photometric_prob": DarthConfig.photometric_prob, "channel_sw
 # DARTH off.
 VARIANTS = {
     "DARTH": {},
+    "DARTH, source BN statistics": {"target_bn_stats": False},
     "DARTH, published photometric views": PUBLISHED_VIEWS,
     "detection consistency only": {"contrastive_weight": 0.0},
     "patch contrastive only": {"rpn_weight": 0.0, "roi_weight": 0.0},
     "frozen teacher (no EMA)": {"ema_momentum": 0.0},
 }
-MAIN_VARIANTS = ("DARTH", "DARTH, published photometric views")  # on every domain; the others on --ablations
+MAIN_VARIANTS = ("DARTH", "DARTH, source BN statistics", "DARTH, published photometric views")  # on every domain
 
 
-def source_metrics(source: Path, bench: Path, domain: str, cache: Path) -> dict:
-    path = cache / domain / "source_only.json"
+def source_metrics(source: Path, bench: Path, domain: str, cache: Path, target_bn: bool = False) -> dict:
+    """The source model as it is, or with BatchNorm statistics estimated on the target frames (no training)."""
+    path = cache / domain / ("target_bn_only.json" if target_bn else "source_only.json")
     if not path.is_file():
         model, _ = load_checkpoint(source)
-        _, metrics = track_and_score(model, load_sequences(bench / domain, split="val"), show_progress=True)
+        sequences = load_sequences(bench / domain, split="val")
+        if target_bn:
+            estimate_bn_statistics(model, (torch.stack([s.load_image(f) for f in range(i, min(i + 4, s.num_frames + 1))])
+                                           for s in sequences for i in range(1, s.num_frames + 1, 4)))
+        _, metrics = track_and_score(model.eval(), sequences, show_progress=True)
         atomic_write_json(path, metrics)
     return json.loads(path.read_text())[COMBINED]
 
@@ -87,6 +95,8 @@ def main(argv=None) -> int:
     p.add_argument("--domains", nargs="+", default=list(DEFAULT_TARGET_DOMAINS), help="target domains")
     p.add_argument("--ablations", nargs="*", default=None, help="domains to run the ablations on (default: all)")
     p.add_argument("--epochs", type=int, default=2, help="DARTH epochs over the target frames (2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds of the DARTH row, one row each (0); the other rows use the first")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     p.add_argument("--no-readme", action="store_true", help="only write runs/table/tables.md")
     args = p.parse_args(argv)
@@ -106,13 +116,16 @@ def main(argv=None) -> int:
         before = source_metrics(source, bench, domain, cache)
         gap.append(row(domain, before, clean))
         darth.append(row(f"**{domain}**: source only", before))
+        darth.append(row(f"{domain}: target BN statistics only (no DARTH)",
+                         source_metrics(source, bench, domain, cache, target_bn=True), before))
         for variant, overrides in VARIANTS.items():
             if variant not in MAIN_VARIANTS and domain not in ablation_domains:
                 continue
-            config = DarthConfig(epochs=args.epochs, lr_steps=(max(1, args.epochs - 1),),
-                                 **{**DARTH_SETTINGS, **overrides})
-            darth.append(row(f"{domain}: {variant}", adapted_metrics(source, bench, domain, variant, config, cache),
-                             before))
+            for seed in args.seeds if variant == "DARTH" else args.seeds[:1]:
+                config = DarthConfig(epochs=args.epochs, lr_steps=(max(1, args.epochs - 1),), seed=seed,
+                                     **{**DARTH_SETTINGS, **overrides})
+                label = f"{domain}: {variant}" + (f" (seed {seed})" if variant == "DARTH" and len(args.seeds) > 1 else "")
+                darth.append(row(label, adapted_metrics(source, bench, domain, variant, config, cache), before))
     gap_md, darth_md = "\n".join(gap), "\n".join(darth)
     note = (f"Source model: `small` trained on `{SOURCE_DOMAIN}` train; evaluation on each domain's val split "
             f"(2 sequences x {100} frames); DARTH: {args.epochs} epochs over the target val frames (no labels), "

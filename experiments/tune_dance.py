@@ -2,7 +2,8 @@
 
 With no arguments: generate the embedded DanceTrack-like benchmark (cached in runs/benchmark), train a source
 model on its clean domain or reuse the cached one (runs/source/final.pt), then tune DARTH on the `night` target
-domain on a local Ray, sized for a 2-CPU laptop. On a cluster (`ray job submit --working-dir . -- python
+domain on a local Ray, sized for a 2-CPU laptop; trials start from the benchmark's DARTH settings
+(darth_ray/embedded.py: target BN statistics, geometric views) and the searched knobs override them. On a cluster (`ray job submit --working-dir . -- python
 experiments/tune_dance.py --data /data/DanceTrack --split val --source qdtrack_mot17.pt --workers-per-trial 2
 --gpus-per-worker 1 --num-samples 32`) the same script runs a real experiment.
 
@@ -75,6 +76,17 @@ def embedded_inputs(args) -> tuple[Path, Path]:
     return bench / args.target_domain, source
 
 
+def base_darth_config(args) -> dict:
+    """What every trial starts from (the searched knobs override it): the epochs and seed asked for, on the
+    embedded benchmark also its DARTH settings."""
+    darth = {"epochs": args.epochs, "lr_steps": (max(args.epochs - 1, 1),), "seed": args.seed}
+    if args.data is None:
+        from darth_ray.embedded import DARTH_SETTINGS
+
+        darth = {**DARTH_SETTINGS, **darth}
+    return darth
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -102,7 +114,7 @@ def main(argv=None) -> int:
             return 2
     name = args.name or f"darth-{data.name}"
     loop = TrainLoopConfig(source=str(Path(source).resolve()), target=str(data), split=args.split,
-                           darth={"epochs": args.epochs, "lr_steps": (max(args.epochs - 1, 1),), "seed": args.seed},
+                           darth=base_darth_config(args),
                            threads_per_worker=args.threads_per_worker)
     exp = ExperimentConfig(name=name, storage_path=str(args.runs / "tune"), loop=loop,
                            workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,

@@ -46,7 +46,7 @@ def test_lr_scales_linearly_with_the_total_batch():
     ("ema_momentum", -0.1), ("ema_momentum", 1.5), ("conf_thr", 1.2),
     ("lr", 0.0), ("momentum", 1.0), ("weight_decay", -1e-4), ("grad_clip", 0.0),
     ("epochs", 0), ("epochs", 2.0), ("lr_steps", (3, 2)), ("lr_steps", (0,)), ("lr_gamma", 0.0),
-    ("frames_per_batch", 0), ("base_batch_size", 0), ("seed", -1), ("seed", True),
+    ("frames_per_batch", 0), ("base_batch_size", 0), ("seed", -1), ("seed", True), ("target_bn_stats", "yes"),
 ])
 def test_every_invalid_field_names_itself(field, value):
     with pytest.raises(ValueError, match=field):

@@ -88,7 +88,11 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
     out = tmp_path / "adapt"
     assert main(["adapt", "--source", str(tmp_path / "src" / "final.pt"), "--target", str(bench / "night"),
                  "--split", "val", "--out", str(out), "--epochs", "1", "--lr-steps", "1", "--conf-thr", "0.05",
-                 "--init-score-thr", "0.05", "--obj-score-thr", "0.05", "-q"]) == 0
+                 "--target-bn-stats", "true", "--init-score-thr", "0.05", "--obj-score-thr", "0.05", "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["darth_config"]["target_bn_stats"] is True
+    assert summary["final_checkpoint"] == str(out / "final.pt")
+    assert f"adapted student: {out / 'final.pt'}" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"synth-val-01", "synth-val-02", "COMBINED"}
     steps = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
@@ -107,6 +111,10 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
     assert main(["adapt", "--source", str(tmp_path / "nope.pt"), "--target", str(bench / "night"),
                  "--split", "val", "--out", str(tmp_path / "x"), "-q"]) == 2
     assert "nope.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["adapt", "--source", str(tmp_path / "src" / "final.pt"), "--target", str(bench / "night"),
+              "--out", str(tmp_path / "y"), "--target-bn-stats", "maybe"])
+    assert "--target-bn-stats: expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
 def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny, monkeypatch):

@@ -56,6 +56,10 @@ class DarthConfig:
     # Teacher detections scoring above this become pseudo-boxes.
     conf_thr: float = 0.7
 
+    # Re-estimate every BatchNorm's running statistics on the target frames before adapting (AdaBN; BN stays frozen
+    # while adapting, as published). For models whose BN statistics were learned on the source domain.
+    target_bn_stats: bool = False
+
     # Optimiser and schedule (SGD, lr x lr_gamma at each epoch in lr_steps).
     # lr is the published one for a total batch of base_batch_size frames (8 GPUs x 2); the optimiser uses it scaled
     # linearly to the real total batch, frames_per_batch x workers (mmdet's auto_scale_lr).
@@ -169,6 +173,8 @@ def _problems(c: DarthConfig) -> list[str]:
         p.append(f"base_batch_size must be an int >= 1, got {c.base_batch_size!r}")
     if not (integer(c.frames_per_batch) and c.frames_per_batch >= 1):
         p.append(f"frames_per_batch must be an int >= 1, got {c.frames_per_batch!r}")
+    if not isinstance(c.target_bn_stats, bool):
+        p.append(f"target_bn_stats must be true or false, got {c.target_bn_stats!r}")
     if not (integer(c.seed) and c.seed >= 0):
         p.append(f"seed must be an int >= 0, got {c.seed!r}")
     return p

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from darth_ray.adapt.bn_stats import estimate_bn_statistics
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.ema import ema_update, make_teacher
 from darth_ray.adapt.losses import roi_consistency_loss, rpn_consistency_loss
@@ -56,6 +57,12 @@ class Darth:
         # Pad views with the pixel mean so padding is zero after normalisation, as the detector pads.
         mean = self.student.config.pixel_mean
         self.fill = tuple(reversed(mean)) if self.student.config.input_bgr else tuple(mean)
+
+    def use_target_bn_statistics(self, batches, all_reduce_mean: Callable[[list[Tensor]], None] | None = None) -> int:
+        """Before the first step: student and teacher get BatchNorm statistics estimated on the target `batches`."""
+        seen = estimate_bn_statistics(self.student, batches, all_reduce_mean)
+        self.teacher.load_state_dict(self.student.state_dict())  # still identical but for the new statistics
+        return seen
 
     @torch.no_grad()
     def pseudo_labels(self, frames: Tensor) -> list[Tensor]:

@@ -34,12 +34,13 @@ class AdaptationRun:
     def __init__(self, source: Path, sequences: list[Sequence], frames: list[tuple[str, int]], config: DarthConfig,
                  steps_per_epoch: int | None = None, rank: int = 0,
                  grad_sync: Callable[[list[torch.Tensor]], None] | None = None, workers: int = 1,
-                 device: str = "cpu"):
+                 device: str = "cpu", stats_sync: Callable[[list[torch.Tensor]], None] | None = None):
         if not frames:
             raise ValueError("no target frames to adapt on")
         source_model, _ = load_checkpoint(source, map_location=device)
         self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
         self.darth = Darth(source_model.to(device), config, grad_sync, workers)
+        self.stats_sync = stats_sync  # averages tensors across workers (target BN statistics)
         self.sequences = {s.name: s for s in sequences}
         self.frames = frames
         self.steps_per_epoch = steps_per_epoch or max(1, len(frames) // config.frames_per_batch)
@@ -62,7 +63,10 @@ class AdaptationRun:
         return [self.frames[int(order[p])] for p in picks]
 
     def load_batch(self, step: int) -> torch.Tensor:
-        frames = [self.sequences[name].load_image(f) for name, f in self.batch_frames(step)]
+        return self.load_frames(self.batch_frames(step))
+
+    def load_frames(self, picks: list[tuple[str, int]]) -> torch.Tensor:
+        frames = [self.sequences[name].load_image(f) for name, f in picks]
         sizes = {tuple(f.shape) for f in frames}
         if len(sizes) > 1:  # views stack; different frame sizes need config.target_size
             frames = [torch.nn.functional.interpolate(f[None].float(), size=frames[0].shape[-2:], mode="bilinear")[0]
@@ -70,6 +74,10 @@ class AdaptationRun:
         return torch.stack(frames).to(self.device)
 
     def run_step(self) -> dict[str, float]:
+        if self.step == 0 and self.config.target_bn_stats:  # a resumed run has them in its checkpoint
+            batches = (self.load_frames(self.frames[i:i + 4]) for i in range(0, len(self.frames), 4))
+            seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
+            log.info("BatchNorm statistics re-estimated on %d target frames", seen)
         frames = self.load_batch(self.step)
         generator = torch.Generator(device=self.device).manual_seed(
             (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)

@@ -61,6 +61,17 @@ def allreduce_mean(params: list[torch.Tensor]) -> None:
     _average_into(params, _flat_grads(params))
 
 
+def average_tensors(tensors: list[torch.Tensor]) -> None:
+    """In place: every tensor becomes its mean over all workers (one flattened all-reduce)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 def _flat_grads(params: list[torch.Tensor]) -> tuple[torch.Tensor, object]:
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     return flat, dist.all_reduce(flat, async_op=True)
@@ -185,7 +196,7 @@ def train_func(config: dict) -> None:
     steps_per_epoch = max(1, min(len(s) for s in shards) // darth_config.frames_per_batch)
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
                         rank=rank, grad_sync=OverlappedAllReduce() if world > 1 else None, workers=world,
-                        device=device)
+                        device=device, stats_sync=average_tensors if world > 1 else None)
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
     last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}

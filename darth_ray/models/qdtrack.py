@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -260,14 +261,14 @@ def build_model(name_or_config: str | ModelConfig) -> QDTrack:
     raise TypeError(f"build_model takes a config name or a ModelConfig, got {type(name_or_config).__name__}")
 
 
-def save_checkpoint(path: str | os.PathLike, model: QDTrack, extra: dict | None = None) -> None:
-    """Atomically write {"model_config": asdict(config), "model": state_dict, **extra}."""
+def save_checkpoint(path: str | os.PathLike, model: QDTrack, extra: dict | None = None) -> Path:
+    """Atomically write {"model_config": asdict(config), "model": state_dict, **extra}; returns the path."""
     extra = dict(extra or {})
     clash = {"model_config", "model"} & set(extra)
     if clash:
         raise ValueError(f"extra may not contain {sorted(clash)}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"model_config": dataclasses.asdict(model.config), "model": state, **extra}, path)
+    return atomic_torch_save({"model_config": dataclasses.asdict(model.config), "model": state, **extra}, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[QDTrack, dict]:
