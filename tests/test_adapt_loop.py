@@ -135,7 +135,7 @@ def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny
     images, colours, plain_keys = seen[0]
     assert colours[0] is not None and not torch.equal(images[0], plain_keys[0])  # the key frame is distorted
     # with exactly the colour map given for this pair (key = images[0], reference = images[1])
-    from darth_ray.adapt.views import apply_colour
+    from darth_ray.data.photometric import apply_colour
     assert torch.equal(images[0], apply_colour(plain_keys[0], colours[0]))
     with pytest.raises(ValueError, match="photometric_prob"):
         source_training.SourceTrainConfig(photometric_prob=1.5)

@@ -3,8 +3,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from darth_ray.adapt.config import DarthConfig
-from darth_ray.adapt.views import (build_views, colour_transform, match_indices, render, resizable,
-                                   sample_geometry)
+from darth_ray.adapt.views import build_views, match_indices, render, resizable, sample_geometry
+from darth_ray.data.photometric import colour_transform
 
 NO_PHOTOMETRIC = dict(photometric_prob=0.0, channel_swap_prob=0.0)
 

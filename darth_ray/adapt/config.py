@@ -12,23 +12,20 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from darth_ray.data.photometric import PhotometricRanges
 from darth_ray.io import dataclass_from_dict
+
+PUBLISHED_PHOTOMETRIC = PhotometricRanges()
 
 MAX_AUG_STRENGTH = 2.0
 
 
-@dataclass(frozen=True)
-class AugmentationRanges:
+@dataclass(frozen=True, kw_only=True)
+class AugmentationRanges(PhotometricRanges):
     """The view augmentation ranges after scaling by ``aug_strength`` (what ``build_views`` samples from)."""
 
     scale_range: tuple[float, float]  # resize factor around the target size, keep ratio
     flip_prob: float
-    photometric_prob: float  # each photometric op (brightness, contrast, saturation, hue) applied with this prob
-    brightness_delta: float  # added to all channels, of 255
-    contrast_range: tuple[float, float]  # multiplies all channels
-    saturation_range: tuple[float, float]  # multiplies the chroma
-    hue_delta: float  # hue rotation, degrees
-    channel_swap_prob: float  # random permutation of the colour channels
 
 
 @dataclass(frozen=True)
@@ -37,12 +34,12 @@ class DarthConfig:
     aug_strength: float = 1.0
     scale_range: tuple[float, float] = (0.8, 1.2)
     flip_prob: float = 0.5
-    photometric_prob: float = 0.5
-    brightness_delta: float = 32.0
-    contrast_range: tuple[float, float] = (0.5, 1.5)
-    saturation_range: tuple[float, float] = (0.5, 1.5)
-    hue_delta: float = 18.0
-    channel_swap_prob: float = 0.5
+    photometric_prob: float = PUBLISHED_PHOTOMETRIC.photometric_prob
+    brightness_delta: float = PUBLISHED_PHOTOMETRIC.brightness_delta
+    contrast_range: tuple[float, float] = PUBLISHED_PHOTOMETRIC.contrast_range
+    saturation_range: tuple[float, float] = PUBLISHED_PHOTOMETRIC.saturation_range
+    hue_delta: float = PUBLISHED_PHOTOMETRIC.hue_delta
+    channel_swap_prob: float = PUBLISHED_PHOTOMETRIC.channel_swap_prob
     # Views are cropped (or padded) to this (w, h); None = the frame size.
     target_size: tuple[int, int] | None = None
 

@@ -13,8 +13,7 @@ and kept only if at least ``MIN_VISIBLE_SIZE`` pixels wide and high and at least
 area stays inside: a box that leaves the crop loses its match between views.
 
 The photometric distortion (brightness, contrast, saturation, hue, channel swap, each as mmdet's) is one affine
-colour map ``A @ rgb + b`` per view. Saturation and hue act on the chroma plane of YIQ (mmdet scales S and shifts H
-in HSV; YIQ keeps the map affine).
+colour map ``A @ rgb + b`` per view (darth_ray/data/photometric.py).
 
 Speed (benchmarks/bench_views.py): uint8 throughout except the colour map, computed in cache-sized row chunks;
 only the crop is copied out of the resized frame. On CPU, frames are packed once into 4-byte RGBX pixels (the layout
@@ -25,7 +24,6 @@ was slower too on the shared 2-core machine).
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from dataclasses import dataclass
 from typing import Iterator
@@ -35,15 +33,10 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from darth_ray.adapt.config import AugmentationRanges, DarthConfig
+from darth_ray.data.photometric import apply_colour, colour_transform
 
 MIN_VISIBLE_SIZE = 2.0  # pixels, width and height of the clipped box
 MIN_VISIBLE_FRACTION = 0.25  # of the box's area inside the view
-
-# RGB -> YIQ (NTSC). Rows of I and Q sum to 0, so grey stays grey under any chroma change.
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],
-                            [0.5959, -0.2746, -0.3213],
-                            [0.2115, -0.5227, 0.3112]], dtype=torch.float64)
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 # Columns of the per-image uniform draws (one torch.rand call per batch keeps results reproducible).
 _GEOMETRY_DRAWS = 4  # flip, scale, crop x, crop y
@@ -214,49 +207,6 @@ def map_boxes(boxes: Tensor, geo: Geometry, frame_hw: tuple[int, int]) -> tuple[
     keep = ((width >= MIN_VISIBLE_SIZE) & (height >= MIN_VISIBLE_SIZE)
             & (width * height >= MIN_VISIBLE_FRACTION * full_area))
     return clipped, keep
-
-
-def colour_transform(u: list[float], ranges: AugmentationRanges) -> Tensor:
-    """mmdet's PhotoMetricDistortion as one affine colour map [3, 4] = [A | b] (float64), rgb' = A @ rgb + b.
-
-    Order as mmdet: brightness, contrast, saturation, hue, channel swap; each op applied with probability
-    ``photometric_prob``. (mmdet puts contrast before or after the HSV ops at random; for a linear chroma map a
-    scalar factor commutes, so the position does not matter here.) ``u`` = 12 uniforms in [0, 1).
-    """
-    p = ranges.photometric_prob
-
-    def between(lo: float, hi: float, x: float) -> float:
-        return lo + (hi - lo) * x
-
-    delta = between(-ranges.brightness_delta, ranges.brightness_delta, u[1]) if u[0] < p else 0.0
-    alpha = between(*ranges.contrast_range, u[3]) if u[2] < p else 1.0
-    saturation = between(*ranges.saturation_range, u[5]) if u[4] < p else 1.0
-    hue = math.radians(between(-ranges.hue_delta, ranges.hue_delta, u[7])) if u[6] < p else 0.0
-
-    cos, sin = math.cos(hue), math.sin(hue)
-    chroma = torch.tensor([[1.0, 0.0, 0.0],
-                           [0.0, saturation * cos, -saturation * sin],
-                           [0.0, saturation * sin, saturation * cos]], dtype=torch.float64)
-    matrix = alpha * (_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ)
-    if u[8] < ranges.channel_swap_prob:
-        matrix = matrix[torch.tensor(u[9:12]).argsort()]  # output channel c = input channel perm[c]
-    offset = matrix.sum(dim=1) * delta  # brightness comes first: b = A @ (delta, delta, delta)
-    return torch.cat([matrix, offset[:, None]], dim=1)
-
-
-def apply_colour(image: Tensor, colour: Tensor, out: Tensor | None = None, rows_per_chunk: int = 32) -> Tensor:
-    """uint8 image [3, h, w], affine colour map [3, 4] -> uint8 [3, h, w] (rounded, clamped to 0..255).
-
-    Chunks of rows keep the float temporaries in the CPU's L2 cache (~5x faster than whole images).
-    """
-    out = torch.empty_like(image) if out is None else out
-    matrix, bias = colour[:, :3], colour[:, 3:] + 0.5  # + 0.5: rounding by truncation
-    for start in range(0, image.shape[1], rows_per_chunk):
-        chunk = image[:, start:start + rows_per_chunk]
-        mapped = torch.addmm(bias, matrix, chunk.reshape(3, -1).float()).clamp_(0, 255)
-        # float -> int16 -> uint8 is several times faster than float -> uint8 on CPU, and exact after the clamp.
-        out[:, start:start + rows_per_chunk] = mapped.to(torch.int16).view_as(chunk)
-    return out
 
 
 @contextlib.contextmanager

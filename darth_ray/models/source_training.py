@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from darth_ray.adapt.config import DarthConfig
-from darth_ray.adapt.views import apply_colour, colour_transform
 from darth_ray.data.mot import Sequence, load_sequences
+from darth_ray.data.photometric import PhotometricRanges, apply_colour, colour_transform
 from darth_ray.data.sampling import sample_frame_pairs
 from darth_ray.data.sharding import frame_counts
 from darth_ray.models.qdtrack import build_model, load_checkpoint, save_checkpoint
@@ -125,7 +124,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
     generator = torch.Generator().manual_seed(cfg.seed)
-    photometric = dataclasses.replace(DarthConfig(), photometric_prob=cfg.photometric_prob).effective_ranges()
+    photometric = PhotometricRanges(photometric_prob=cfg.photometric_prob)
     step = 0
     last = out_dir / "last.pt"
     if resume and last.is_file():
