@@ -6,8 +6,8 @@ gap), then source-only vs DARTH and the paper's ablations on each target domain.
 DARTH runs with the benchmark's settings (darth_ray/embedded.py DARTH_SETTINGS: target BN statistics, geometric
 views only); source BN statistics and the published photometric views are rows of their own, and so is the
 source model with target BN statistics and no training (how much of the gain is the statistics alone). Every
-adaptation run is cached in runs/table/<source model hash>/<domain>/<variant>-<config hash>/ (rerunning skips finished runs and resumes
-interrupted ones; another source model or configuration starts a new run). Writes runs/table/tables.md and
+adaptation run is cached in runs/table/<source model hash>/<domain>/<variant>-<config hash>/ (rerunning skips
+finished runs and resumes interrupted ones; another source model or configuration starts a new run). Writes runs/table/tables.md and
 replaces the tables in README.md between their markers.
 """
 from __future__ import annotations
@@ -59,9 +59,10 @@ def source_metrics(source: Path, bench: Path, domain: str, cache: Path, target_b
         model, _ = load_checkpoint(source)
         sequences = load_sequences(bench / domain, split="val")
         if target_bn:
-            estimate_bn_statistics(model, (torch.stack([s.load_image(f) for f in range(i, min(i + 4, s.num_frames + 1))])
-                                           for s in sequences for i in range(1, s.num_frames + 1, 4)))
-        _, metrics = track_and_score(model.eval(), sequences, show_progress=True)
+            batches = (torch.stack([s.load_image(f) for f in range(i, min(i + 4, s.num_frames + 1))])
+                       for s in sequences for i in range(1, s.num_frames + 1, 4))  # 4 frames of one sequence
+            estimate_bn_statistics(model, batches)
+        _, metrics = track_and_score(model, sequences, show_progress=True)
         atomic_write_json(path, metrics)
     return json.loads(path.read_text())[COMBINED]
 
@@ -121,10 +122,11 @@ def main(argv=None) -> int:
         for variant, overrides in VARIANTS.items():
             if variant not in MAIN_VARIANTS and domain not in ablation_domains:
                 continue
-            for seed in args.seeds if variant == "DARTH" else args.seeds[:1]:
+            seeds = args.seeds if variant == "DARTH" else args.seeds[:1]
+            for seed in seeds:
                 config = DarthConfig(epochs=args.epochs, lr_steps=(max(1, args.epochs - 1),), seed=seed,
                                      **{**DARTH_SETTINGS, **overrides})
-                label = f"{domain}: {variant}" + (f" (seed {seed})" if variant == "DARTH" and len(args.seeds) > 1 else "")
+                label = f"{domain}: {variant}" + (f" (seed {seed})" if len(seeds) > 1 else "")
                 darth.append(row(label, adapted_metrics(source, bench, domain, variant, config, cache), before))
     gap_md, darth_md = "\n".join(gap), "\n".join(darth)
     note = (f"Source model: `small` trained on `{SOURCE_DOMAIN}` train; evaluation on each domain's val split "

@@ -3,9 +3,10 @@
 With no arguments: generate the embedded DanceTrack-like benchmark (cached in runs/benchmark), train a source
 model on its clean domain or reuse the cached one (runs/source/final.pt), then tune DARTH on the `night` target
 domain on a local Ray, sized for a 2-CPU laptop; trials start from the benchmark's DARTH settings
-(darth_ray/embedded.py: target BN statistics, geometric views) and the searched knobs override them. On a cluster (`ray job submit --working-dir . -- python
-experiments/tune_dance.py --data /data/DanceTrack --split val --source qdtrack_mot17.pt --workers-per-trial 2
---gpus-per-worker 1 --num-samples 32`) the same script runs a real experiment.
+(darth_ray/embedded.py: target BN statistics, geometric views) and the searched knobs override them. On a cluster
+(`ray job submit --working-dir . -- python experiments/tune_dance.py --data /data/DanceTrack --split val --source
+qdtrack_mot17.pt --workers-per-trial 2 --gpus-per-worker 1 --num-samples 32`) the same script runs a real
+experiment.
 
 Results: runs/tune/<name>/ (Tune's experiment directory: one folder per trial, resumable), the Train runs with
 their checkpoints under runs/tune/<name>/train/, W&B runs under runs/tune/<name>/wandb/ (offline without an API

@@ -26,8 +26,7 @@ def estimate_bn_statistics(model: nn.Module, batches: Iterable[Tensor],
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
-    modes = {m: m.training for m in model.modules()}
-    momenta = [m.momentum for m in bns]
+    saved = [(m.training, m.momentum) for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over all batches instead of an exponential one
@@ -38,9 +37,8 @@ def estimate_bn_statistics(model: nn.Module, batches: Iterable[Tensor],
             model.features(model.normalize(frames.float()))
             seen += len(frames)
     finally:
-        for m, training in modes.items():
-            m.training = training
-        for m, momentum in zip(bns, momenta):
+        for m, (training, momentum) in zip(bns, saved):
+            m.train(training)
             m.momentum = momentum
     if seen == 0:
         raise ValueError("no target frames to estimate BatchNorm statistics on")

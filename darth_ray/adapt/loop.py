@@ -73,11 +73,16 @@ class AdaptationRun:
                       .round().clamp(0, 255).to(torch.uint8) for f in frames]
         return torch.stack(frames).to(self.device)
 
+    def use_target_bn_statistics(self) -> int:
+        """Student and teacher BN statistics from one pass over this run's frames (pooled across workers)."""
+        batches = (self.load_frames(self.frames[i:i + 4]) for i in range(0, len(self.frames), 4))
+        seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
+        log.info("BatchNorm statistics re-estimated on %d target frames", seen)
+        return seen
+
     def run_step(self) -> dict[str, float]:
         if self.step == 0 and self.config.target_bn_stats:  # a resumed run has them in its checkpoint
-            batches = (self.load_frames(self.frames[i:i + 4]) for i in range(0, len(self.frames), 4))
-            seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
-            log.info("BatchNorm statistics re-estimated on %d target frames", seen)
+            self.use_target_bn_statistics()
         frames = self.load_batch(self.step)
         generator = torch.Generator(device=self.device).manual_seed(
             (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
