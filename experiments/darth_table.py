@@ -1,14 +1,14 @@
 """The README's result tables, generated: the source model on every domain of the embedded benchmark (the domain
 gap), then source-only vs DARTH and the paper's ablations on each target domain.
 
-    python experiments/darth_table.py [--domains night fog noise_blur] [--epochs 2] [--ablations night] [--seeds 0 1]
+    python experiments/darth_table.py [--domains night fog] [--epochs 2] [--ablations night] [--seeds 0 1]
 
 DARTH runs with the benchmark's settings (darth_ray/embedded.py DARTH_SETTINGS: target BN statistics, geometric
 views only); source BN statistics and the published photometric views are rows of their own, and so is the
 source model with target BN statistics and no training (how much of the gain is the statistics alone). Every
 adaptation run is cached in runs/table/<source model hash>/<domain>/<variant>-<config hash>/ (rerunning skips
-finished runs and resumes interrupted ones; another source model or configuration starts a new run). Writes runs/table/tables.md and
-replaces the tables in README.md between their markers.
+finished runs and resumes interrupted ones; another source model or configuration starts a new run). `--variants`
+picks rows. Writes runs/table/tables.md and replaces the tables in README.md between their markers.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from darth_ray.adapt.loop import adapt  # noqa: E402
 from darth_ray.eval.track import track_and_score  # noqa: E402
 from darth_ray.data.mot import load_sequences  # noqa: E402
 from darth_ray.data.synth import DEFAULT_TARGET_DOMAINS, SOURCE_DOMAIN  # noqa: E402
-from darth_ray.embedded import DARTH_SETTINGS, ensure_benchmark, ensure_source_model  # noqa: E402
+from darth_ray.embedded import BENCHMARK, DARTH_SETTINGS, ensure_benchmark, ensure_source_model  # noqa: E402
 from darth_ray.eval.metrics import COMBINED  # noqa: E402
 from darth_ray.io import atomic_write_json, atomic_write_text  # noqa: E402
 from darth_ray.models.qdtrack import load_checkpoint  # noqa: E402
@@ -91,13 +91,17 @@ def replace_section(text: str, marker: str, body: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--runs", type=Path, default=ROOT / "runs", help="caches and outputs (./runs)")
     p.add_argument("--domains", nargs="+", default=list(DEFAULT_TARGET_DOMAINS), help="target domains")
     p.add_argument("--ablations", nargs="*", default=None, help="domains to run the ablations on (default: all)")
     p.add_argument("--epochs", type=int, default=2, help="DARTH epochs over the target frames (2)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="seeds of the DARTH row, one row each (0); the other rows use the first")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
+                   help="rows to run besides source only and target BN statistics only (default: all of "
+                        + ", ".join(map(repr, VARIANTS)) + ")")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     p.add_argument("--no-readme", action="store_true", help="only write runs/table/tables.md")
     args = p.parse_args(argv)
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
         darth.append(row(f"{domain}: target BN statistics only (no DARTH)",
                          source_metrics(source, bench, domain, cache, target_bn=True), before))
         for variant, overrides in VARIANTS.items():
-            if variant not in MAIN_VARIANTS and domain not in ablation_domains:
+            if variant not in args.variants or (variant not in MAIN_VARIANTS and domain not in ablation_domains):
                 continue
             seeds = args.seeds if variant == "DARTH" else args.seeds[:1]
             for seed in seeds:
@@ -129,9 +133,10 @@ def main(argv=None) -> int:
                 label = f"{domain}: {variant}" + (f" (seed {seed})" if len(seeds) > 1 else "")
                 darth.append(row(label, adapted_metrics(source, bench, domain, variant, config, cache), before))
     gap_md, darth_md = "\n".join(gap), "\n".join(darth)
-    note = (f"Source model: `small` trained on `{SOURCE_DOMAIN}` train; evaluation on each domain's val split "
-            f"(2 sequences x {100} frames); DARTH: {args.epochs} epochs over the target val frames (no labels), "
-            "published defaults except " + ", ".join(f"`{k}={v}`" for k, v in DARTH_SETTINGS.items())
+    val = f"{len(BENCHMARK.sequence_names('val'))} sequences x {BENCHMARK.frames} frames"
+    note = (f"Source model: `small` trained on `{SOURCE_DOMAIN}` train ({BENCHMARK.train_sequences} scenes); "
+            f"evaluation on each domain's val split ({val}); DARTH: {args.epochs} epoch(s) over the target val "
+            "frames (no labels), published defaults except " + ", ".join(f"`{k}={v}`" for k, v in DARTH_SETTINGS.items())
             + " (darth_ray/embedded.py) unless the row says otherwise. Differences in parentheses.")
     atomic_write_text(args.runs / "table" / "tables.md",
                       f"## Domain gap\n\n{gap_md}\n\n## DARTH\n\n{darth_md}\n\n{note}\n")

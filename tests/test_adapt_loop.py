@@ -1,5 +1,6 @@
 """The DARTH step and loop: gradients, EMA, empty pseudo-labels, exact resume, and the CLI end to end."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -158,6 +159,19 @@ def test_embedded_source_model_retrained_when_its_settings_change(tiny, tmp_path
     assert load_checkpoint(again)[1]["train_config"]["photometric_prob"] == 0.5
     stale = runs / "source.stale" / "final.pt"
     assert load_checkpoint(stale)[1]["train_config"]["photometric_prob"] == 0.0  # kept, not deleted
+
+    # Same settings, another benchmark (more train scenes, say): the cached model is not the one asked for.
+    other = tmp_path / "other_bench"
+    shutil.copytree(tiny / "bench", other)
+    manifest = json.loads((other / "benchmark.json").read_text())
+    manifest["config"]["train_sequences"] += 1
+    (other / "benchmark.json").write_text(json.dumps(manifest))
+    mtime = again.stat().st_mtime_ns
+    assert embedded.ensure_source_model(runs, tiny / "bench", new).stat().st_mtime_ns == mtime  # still cached
+    retrained = embedded.ensure_source_model(runs, other, new)
+    assert retrained.stat().st_mtime_ns != mtime
+    assert json.loads((runs / "source" / "benchmark.json").read_text())["config"] == manifest["config"]
+    assert json.loads((runs / "source.stale" / "benchmark.json").read_text())["config"]["train_sequences"] == 1
 
 
 def test_detections_of_one_model_embedded_by_another(tiny):
