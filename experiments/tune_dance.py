@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `ray job submit --working-dir .` runs this file without installing the package
 
-from darth_ray.io import atomic_write_json  # noqa: E402
+from darth_ray.io import InputError, atomic_write_json  # noqa: E402
 
 log = logging.getLogger("tune_dance")
 
@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
     g.add_argument("--searched", nargs="+", default=None, help="hyperparameters to search (default: all)")
     g.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial (1)")
-    g.add_argument("--no-resume", action="store_true", help="start a new experiment even if one exists")
+    g.add_argument("--no-resume", action="store_true",
+                   help="start a new experiment even if one exists (the old one moves to <name>.<date-time>)")
     g = p.add_argument_group("Ray and W&B")
     g.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, or a new local Ray)")
     g.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default=None,
@@ -131,7 +132,12 @@ def main(argv=None) -> int:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         exp = dataclasses.replace(exp, max_concurrent_trials=max(1, cpus // (args.workers_per_trial
                                                                               * args.threads_per_worker)))
-    grid = run_experiment(exp, resume=not args.no_resume)
+    try:
+        grid = run_experiment(exp, resume=not args.no_resume)
+    except InputError as e:
+        print(f"error: {e}\nrerun with --no-resume to start a new experiment (the old one is kept), or pick another "
+              "--name", file=sys.stderr)
+        return 2
     return report(grid, exp)
 
 

@@ -1,5 +1,6 @@
 """Ray Train and Tune around DARTH: sharded workers stay in sync, sharded evaluation equals a single process,
 a killed worker resumes from its last checkpoint, and a Tune experiment logs one W&B run per trial and resumes."""
+import dataclasses
 import json
 import math
 import time
@@ -10,7 +11,9 @@ import pytest
 from darth_ray.eval.track import track_and_score
 from darth_ray.data.mot import load_sequences
 from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, TrainLoopConfig
-from darth_ray.distributed.tune import ExperimentConfig, fit_trial, run_experiment
+from darth_ray.distributed.tune import (EXPERIMENT_FILE, ExperimentConfig, experiment_settings, fit_trial,
+                                        run_experiment, settings_changes)
+from darth_ray.io import InputError
 from darth_ray.distributed.wandb_offline import find_offline_runs, read_finished_run
 from darth_ray.eval.metrics import COMBINED
 from darth_ray.models.qdtrack import load_checkpoint
@@ -124,3 +127,37 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
     again = run_experiment(exp)  # resumes: finished trials are kept, none rerun
     assert sorted(r.metrics["trial_id"] for r in again) == sorted(trial_configs)
     assert len(find_offline_runs(tmp_path / "exp")) == 2
+
+    # Tune would resume with the stored search and today's base settings: other settings are refused, by name.
+    other = dataclasses.replace(exp, num_samples=1, loop=loop_config(tiny, darth={"epochs": 1, "lr_steps": (1,),
+                                                                                  "conf_thr": 0.05, "lr": 1e-3}))
+    with pytest.raises(InputError, match=r"darth.lr: \(unset\) -> 0.001\n  num_samples: 2 -> 1"):
+        run_experiment(other)
+    assert len(find_offline_runs(tmp_path / "exp")) == 2
+
+    fresh = run_experiment(other, resume=False)  # a new experiment; the old one is kept aside
+    assert len(fresh) == 1 and not fresh.errors
+    (aside,) = tmp_path.glob("exp.*")
+    assert json.loads((aside / EXPERIMENT_FILE).read_text())["num_samples"] == 2
+    assert len(find_offline_runs(aside)) == 2
+    assert json.loads((tmp_path / "exp" / EXPERIMENT_FILE).read_text())["darth.lr"] == 1e-3
+
+
+def test_experiment_settings_see_a_changed_source_checkpoint(tiny, tmp_path):
+    import shutil
+
+    import torch
+
+    from darth_ray.models.qdtrack import build_model, save_checkpoint
+
+    source = tmp_path / "source.pt"
+    shutil.copy(tiny / "source.pt", source)
+    exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), loop=loop_config(tiny, source=str(source)))
+    before = experiment_settings(exp)
+    assert settings_changes(before, experiment_settings(exp)) == []
+    torch.manual_seed(1)
+    save_checkpoint(source, build_model("small"))  # retrained in place, same path
+    (change,) = settings_changes(before, experiment_settings(exp))
+    assert change.startswith("source_sha256: ")
+    with pytest.raises(InputError, match="missing.pt: source checkpoint not found"):
+        experiment_settings(dataclasses.replace(exp, loop=loop_config(tiny, source=str(tmp_path / "missing.pt"))))

@@ -5,16 +5,21 @@ recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from darth_ray.distributed.train import TrainLoopConfig, train_func
+from darth_ray.io import InputError, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 TRIAL_MEMORY = 256 * 2**20  # bytes reserved by each trial function (its driver of the TorchTrainer)
+EXPERIMENT_FILE = "darth_experiment.json"  # in the experiment directory: the settings its trials were run with
 
 # Hyperparameters searched by default (DARTH.md "What people tune"), as (sampler, low, high).
 SEARCH_SPACE = {
@@ -68,6 +73,31 @@ class ExperimentConfig:
         unknown = sorted(set(self.searched) - set(SEARCH_SPACE))
         if unknown:
             raise ValueError(f"cannot search {', '.join(unknown)}; searchable: {', '.join(SEARCH_SPACE)}")
+
+
+def experiment_settings(exp: ExperimentConfig) -> dict:
+    """What an experiment's results depend on, flattened ("darth.lr": 0.002), with the source checkpoint's
+    content hash (the embedded source model keeps its path when it is retrained). Resources, W&B and retry
+    settings may change between resumes; these may not."""
+    loop = exp.loop
+    if not Path(loop.source).is_file():
+        raise InputError(loop.source, "source checkpoint not found")
+    settings = {"source": loop.source, "source_sha256": hashlib.sha256(Path(loop.source).read_bytes()).hexdigest(),
+                "target": loop.target, "split": loop.split,
+                **{f"darth.{k}": v for k, v in sorted(loop.darth.items())},
+                **{f"tracker.{k}": v for k, v in sorted(loop.tracker.items())},
+                "eval_every_epoch": loop.eval_every_epoch, "workers_per_trial": exp.workers_per_trial,
+                "num_samples": exp.num_samples, "scheduler": exp.scheduler, "search": exp.search,
+                "searched": sorted(exp.searched), "seed": exp.seed}
+    return json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
+
+
+def settings_changes(stored: dict, current: dict) -> list[str]:
+    """One line per setting that differs: `name: stored -> current`."""
+    unset = "(unset)"
+    return [f"{key}: {stored.get(key, unset)} -> {current.get(key, unset)}"
+            for key in sorted(stored.keys() | current.keys())
+            if key not in stored or key not in current or stored[key] != current[key]]
 
 
 def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, storage_path: str, name: str,
@@ -127,10 +157,27 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     # last trial's workers from fitting on a full node; they would time out waiting). Ray rejects an empty resource
     # request: it reserves memory instead.
     trainable = tune.with_resources(tune.with_parameters(_trial, base=base), {"cpu": 0, "memory": TRIAL_MEMORY})
-    path = str(Path(exp.storage_path) / exp.name)
-    if resume and tune.Tuner.can_restore(path):
+    path = Path(exp.storage_path) / exp.name
+    settings = experiment_settings(exp)
+    if resume and tune.Tuner.can_restore(str(path)):
+        # Tune resumes with the stored search (samples, space, scheduler) and would run the remaining trials with
+        # today's base settings: a resume with other settings would silently mix two experiments.
+        stored_file = path / EXPERIMENT_FILE
+        if stored_file.exists():
+            changes = settings_changes(json.loads(stored_file.read_text()), settings)
+            if changes:
+                raise InputError(stored_file, "this experiment was started with other settings; resuming it would "
+                                 "mix two experiments:\n  " + "\n  ".join(changes))
+        else:
+            log.warning("%s has no %s: cannot check that it was started with the same settings", path,
+                        EXPERIMENT_FILE)
         log.info("resuming Tune experiment %s (finished trials are kept)", path)
-        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True).fit()
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
+    if path.exists():  # a new experiment under the same name: keep the old one, aside
+        aside = path.with_name(f"{exp.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        log.info("starting a new experiment %s; the previous one moved to %s", path, aside)
+    atomic_write_json(path / EXPERIMENT_FILE, settings)
     scheduler = None
     if exp.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
