@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-source", help="supervised QDTrack training on a labelled domain",
                        description="Detection + quasi-dense track losses on key/reference frame pairs. Writes "
                                    "OUT/last.pt periodically and OUT/final.pt at the end (atomic); rerunning with "
-                                   "the same --out resumes from OUT/last.pt.")
+                                   "the same --out resumes from OUT/last.pt (other training settings are refused).")
     p.add_argument("--data", type=Path, required=True, help="dataset root or split directory with gt")
     p.add_argument("--split", default=None, help="split under --data (e.g. train)")
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints and train_log.jsonl")
@@ -238,9 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adapt", help="DARTH test-time adaptation on unlabeled target sequences",
                        description="Adapts a source checkpoint to the target sequences (no labels used) for "
                                    "--epochs epochs, then tracks them with the adapted student. Writes "
-                                   "OUT/final.pt (loadable by `track`), OUT/last.pt (full state; a rerun resumes "
-                                   "from it), OUT/adapt_log.jsonl (per-step losses), and, when the targets have "
-                                   "ground truth, OUT/results/<seq>.txt and OUT/metrics.json.")
+                                   "OUT/final.pt (loadable by `track`), OUT/last.pt (full state; a rerun with the "
+                                   "same settings resumes from it), OUT/adapt_log.jsonl (per-step losses), and, "
+                                   "when the targets have ground truth, OUT/results/<seq>.txt and OUT/metrics.json.")
     p.add_argument("--source", type=Path, required=True, help="source checkpoint (train-source's final.pt)")
     p.add_argument("--target", type=Path, required=True, help="target dataset root or split directory")
     p.add_argument("--split", default=None, help="split under --target (e.g. val)")

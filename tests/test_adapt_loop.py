@@ -1,4 +1,5 @@
 """The DARTH step and loop: gradients, EMA, empty pseudo-labels, exact resume, and the CLI end to end."""
+import dataclasses
 import json
 import shutil
 
@@ -140,6 +141,26 @@ def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny
     assert torch.equal(images[0], apply_colour(plain_keys[0], colours[0]))
     with pytest.raises(ValueError, match="photometric_prob"):
         source_training.SourceTrainConfig(photometric_prob=1.5)
+
+
+def test_source_training_resume_refuses_other_settings(tiny, tmp_path):
+    from darth_ray.io import InputError
+    from darth_ray.models import source_training
+    from darth_ray.models.qdtrack import load_checkpoint
+
+    data, out = tiny / "bench" / "source", tmp_path / "src"
+    cfg = source_training.SourceTrainConfig(max_steps=2, batch_size=1, checkpoint_every=1)
+    source_training.train_source(data, out, cfg, split="train", show_progress=False)
+    with pytest.raises(InputError, match=r"src/last.pt: was written with other training settings \(lr: 0.02 -> "
+                                         r"0.01; max_steps: 2 -> 3\)"):
+        source_training.train_source(data, out, dataclasses.replace(cfg, lr=0.01, max_steps=3), split="train",
+                                     show_progress=False)
+    # how often it checkpoints changes nothing it computes: that resumes (and finds the run finished)
+    before = load_checkpoint(out / "final.pt")[0].state_dict()
+    source_training.train_source(data, out, dataclasses.replace(cfg, checkpoint_every=5), split="train",
+                                 show_progress=False)
+    after = load_checkpoint(out / "final.pt")[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_embedded_source_model_retrained_when_its_settings_change(tiny, tmp_path, monkeypatch):
