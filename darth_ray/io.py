@@ -5,6 +5,7 @@ old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -68,3 +69,17 @@ def dataclass_from_dict(cls, d):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's content, read in chunks (checkpoints can be hundreds of MB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def settings_changes(stored: dict, current: dict) -> list[str]:
+    """One line per setting that differs between a run's stored settings and today's: `name: stored -> current`."""
+    unset = "(unset)"
+    return [f"{key}: {stored.get(key, unset)} -> {current.get(key, unset)}"
+            for key in sorted(stored.keys() | current.keys())
+            if key not in stored or key not in current or stored[key] != current[key]]

@@ -33,7 +33,7 @@ from darth_ray.data.mot import load_sequences  # noqa: E402
 from darth_ray.data.synth import DEFAULT_TARGET_DOMAINS, SOURCE_DOMAIN  # noqa: E402
 from darth_ray.embedded import BENCHMARK, DARTH_SETTINGS, ensure_benchmark, ensure_source_model  # noqa: E402
 from darth_ray.eval.metrics import COMBINED  # noqa: E402
-from darth_ray.io import atomic_write_json, atomic_write_text  # noqa: E402
+from darth_ray.io import atomic_write_json, atomic_write_text, file_sha256  # noqa: E402
 from darth_ray.models.qdtrack import load_checkpoint  # noqa: E402
 
 log = logging.getLogger("darth_table")
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     bench = ensure_benchmark(args.runs)
     source = ensure_source_model(args.runs, bench)
-    cache = args.runs / "table" / hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    cache = args.runs / "table" / file_sha256(source)[:12]
     ablation_domains = args.domains if args.ablations is None else args.ablations
 
     header = "| | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS)

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     import torch
 
     from darth_ray.distributed.train import TrainLoopConfig
-    from darth_ray.distributed.tune import ExperimentConfig, run_experiment
+    from darth_ray.distributed.tune import EXPERIMENT_FILE, ExperimentConfig, run_experiment
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     args.runs = args.runs.resolve()
@@ -135,8 +135,9 @@ def main(argv=None) -> int:
     try:
         grid = run_experiment(exp, resume=not args.no_resume)
     except InputError as e:
-        print(f"error: {e}\nrerun with --no-resume to start a new experiment (the old one is kept), or pick another "
-              "--name", file=sys.stderr)
+        hint = ("\nrerun with --no-resume to start a new experiment (the old one is kept), or pick another --name"
+                if Path(e.path).name == EXPERIMENT_FILE else "")
+        print(f"error: {e}{hint}", file=sys.stderr)
         return 2
     return report(grid, exp)
 

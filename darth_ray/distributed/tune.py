@@ -5,7 +5,6 @@ recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from darth_ray.distributed.train import TrainLoopConfig, train_func
-from darth_ray.io import InputError, atomic_write_json
+from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
     loop = exp.loop
     if not Path(loop.source).is_file():
         raise InputError(loop.source, "source checkpoint not found")
-    settings = {"source": loop.source, "source_sha256": hashlib.sha256(Path(loop.source).read_bytes()).hexdigest(),
+    settings = {"source": loop.source, "source_sha256": file_sha256(loop.source),
                 "target": loop.target, "split": loop.split,
                 **{f"darth.{k}": v for k, v in sorted(loop.darth.items())},
                 **{f"tracker.{k}": v for k, v in sorted(loop.tracker.items())},
@@ -90,14 +89,6 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
                 "num_samples": exp.num_samples, "scheduler": exp.scheduler, "search": exp.search,
                 "searched": sorted(exp.searched), "seed": exp.seed}
     return json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
-
-
-def settings_changes(stored: dict, current: dict) -> list[str]:
-    """One line per setting that differs: `name: stored -> current`."""
-    unset = "(unset)"
-    return [f"{key}: {stored.get(key, unset)} -> {current.get(key, unset)}"
-            for key in sorted(stored.keys() | current.keys())
-            if key not in stored or key not in current or stored[key] != current[key]]
 
 
 def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, storage_path: str, name: str,

@@ -22,7 +22,7 @@ from darth_ray.data.mot import Sequence, load_sequences
 from darth_ray.data.photometric import PhotometricRanges, apply_colour, colour_transform
 from darth_ray.data.sampling import sample_frame_pairs
 from darth_ray.data.sharding import frame_counts
-from darth_ray.io import InputError
+from darth_ray.io import InputError, settings_changes
 from darth_ray.models.qdtrack import build_model, load_checkpoint, save_checkpoint
 from darth_ray.models.track_losses import assign_and_sample, track_losses
 
@@ -130,9 +130,9 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     last = out_dir / "last.pt"
     if resume and last.is_file():
         model, state = load_checkpoint(last)
-        stored, current = state.get("train_config", {}), dataclasses.asdict(cfg)
-        changed = [f"{k}: {stored.get(k)} -> {v}" for k, v in current.items()
-                   if k != "checkpoint_every" and stored.get(k) != v]
+        # fields added since the checkpoint was written take their defaults, as they did then
+        stored = {**dataclasses.asdict(SourceTrainConfig()), **state.get("train_config", {})}
+        changed = settings_changes({**stored, "checkpoint_every": cfg.checkpoint_every}, dataclasses.asdict(cfg))
         if changed:  # the lr schedule and the frame pairs depend on them: a resume would mix two trainings
             raise InputError(last, f"was written with other training settings ({'; '.join(changed)}); use a new "
                                    "--out or --no-resume")
