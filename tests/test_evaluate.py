@@ -121,3 +121,37 @@ def test_cli_writes_json_and_rejects_bad_results(tud, tmp_path, capsys):
     (tud / "res" / "TUD-Campus.txt").unlink()
     assert main(["evaluate", "--gt", str(tud / "gt"), "--results", str(tud / "res")]) == 2
     assert "no results for 1 ground-truth sequence(s): TUD-Campus" in capsys.readouterr().err
+
+
+def _write_benchmark(root: Path, gt: dict[str, list[str]], results: dict[str, list[str]], frames=10):
+    for name, rows in gt.items():
+        d = root / "gt" / name
+        (d / "gt").mkdir(parents=True)
+        (d / "seqinfo.ini").write_text(SeqInfo(name, "img1", 30, frames, 200, 100, ".jpg").to_ini())
+        (d / "gt" / "gt.txt").write_text("".join(f"{r}\n" for r in rows))
+    (root / "res").mkdir()
+    for name, rows in results.items():
+        (root / "res" / f"{name}.txt").write_text("".join(f"{r}\n" for r in rows))
+    return root / "gt", root / "res"
+
+
+@pytest.mark.parametrize("first, second", [(2**53, 2**53 + 1), (2**63 - 2, 2**63 - 1)])
+def test_large_ids_score_like_small_ids(tmp_path, first, second):
+    """A float reads 2**53 + 1 as 2**53: one gt person for two, HOTA 100 and no id switch. The tracker here
+    follows gt id `first` (frames 1-5) with its own id `first` for frames 1-3, then with `second`: one switch."""
+    def scores(root, a, b):
+        gt = [f"{t},{a if t <= 5 else b},{10 * t},20,30,60,1,1,1" for t in range(1, 11)]
+        res = [f"{t},{a if t <= 3 else b},{10 * t},20,30,60,1,-1,-1,-1" for t in range(1, 11)]
+        return evaluate(*_write_benchmark(root, {"MOT17-x": gt}, {"MOT17-x": res}))
+
+    small, large = scores(tmp_path / "small", 1, 2), scores(tmp_path / "large", first, second)
+    assert small["MOT17-x"]["IDSW"] == 1 and small["MOT17-x"]["HOTA"] < 99
+    assert large == small
+
+
+def test_result_file_with_a_byte_order_mark(tud):
+    before = evaluate(tud / "gt", tud / "res")
+    path = tud / "res" / "TUD-Campus.txt"
+    path.write_text("\ufeff" + path.read_text())
+    assert evaluate(tud / "gt", tud / "res") == before
+

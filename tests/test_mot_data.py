@@ -57,6 +57,11 @@ def test_mot15_rows_with_world_coordinates_are_all_pedestrians(tmp_path):
     ("1,1.5,10,10,5,10,1,1,1", "must be integers", 2),
     ("1,1,10,10,0,10,1,1,1", "width and height must be positive", 2),
     ("1,1,12,12,5,10,1,1,1", "id 1 appears twice in frame 1", 2),
+    ("1,9223372036854775808,10,10,5,10,1,1,1", "must be integers within int64", 2),   # 2**63
+    ("1,-9223372036854775809,10,10,5,10,1,1,1", "must be integers within int64", 2),
+    ("1,1e30,10,10,5,10,1,1,1", "must be integers within int64", 2),
+    ("1,9007199254740993.5,10,10,5,10,1,1,1", "must be integers", 2),   # a float reads 2**53 + 1.5 as 2**53 + 2
+    ("1,1,10,10,5,nan,1,1,1", "non-finite value", 2),
 ])
 def test_malformed_gt_rows_name_file_and_line(tmp_path, row, message, line):
     path = tmp_path / "gt.txt"
@@ -65,6 +70,93 @@ def test_malformed_gt_rows_name_file_and_line(tmp_path, row, message, line):
         read_mot_file(path, seq_length=5)
     assert err.value.path == str(path) and err.value.line == line
     assert f"gt.txt:{line}:" in str(err.value)
+
+
+def test_ids_are_read_exactly_within_int64(tmp_path):
+    """Ids above 2**53 stay distinct (a float merges 2**53 and 2**53 + 1); integral float spellings are accepted."""
+    path = tmp_path / "gt.txt"
+    path.write_text("1,9007199254740992,0,0,5,10\n1,9007199254740993.000000,9,0,5,10\n"
+                    "2,9223372036854775807,0,0,5,10\n2,-9223372036854775808,9,0,5,10\n3,7.0,0,0,5,10\n"
+                    "4.000,1e1,0,0,5,10\n")
+    tracks = read_mot_file(path, seq_length=4)
+    assert tracks.ids.dtype == np.int64
+    assert tracks.ids.tolist() == [2**53, 2**53 + 1, 2**63 - 1, -2**63, 7, 10]
+    assert tracks.frames.tolist() == [1, 1, 2, 2, 3, 4]
+
+
+def test_large_id_does_not_make_the_duplicate_check_overflow(tmp_path):
+    """With an id of 2**62, frame 1 / id 5 and frame 5 / id 1 once had the same int64 key: a false duplicate."""
+    path = tmp_path / "gt.txt"
+    path.write_text("1,4611686018427387904,0,0,5,10\n1,5,9,0,5,10\n5,1,0,0,5,10\n")
+    assert read_mot_file(path, seq_length=5).ids.tolist() == [2**62, 5, 1]
+    path.write_text("1,4611686018427387904,0,0,5,10\n1,5,9,0,5,10\n5,1,0,0,5,10\n1,4611686018427387904.0,0,0,5,10\n")
+    with pytest.raises(InputError, match="id 4611686018427387904 appears twice in frame 1") as err:
+        read_mot_file(path, seq_length=5)
+    assert err.value.line == 4
+
+
+def _noise_jpeg(w=64, h=48, **exif_thumbnail) -> bytes:
+    """A JPEG whose compressed data fills most of the file (noise), optionally with an EXIF thumbnail that has its
+    own end-of-image marker."""
+    import cv2
+
+    ok, enc = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    data = enc.tobytes()
+    if exif_thumbnail:
+        thumb = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+        payload = b"Exif\0\0" + thumb
+        data = data[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
+    return data
+
+
+@pytest.mark.parametrize("thumbnail", [False, True])
+def test_truncated_jpeg_is_refused_naming_the_file(tmp_path, thumbnail):
+    """libjpeg decodes a JPEG cut at 60 % with only a warning; the frame must be refused, not used half grey."""
+    seq = Sequence(make_seq(tmp_path, "s", MOT17_ROWS, length=2))
+    data = _noise_jpeg(thumbnail=True) if thumbnail else _noise_jpeg()
+    seq.image_path(1).write_bytes(data)
+    assert seq.load_image(1).shape == (3, 48, 64)
+    seq.image_path(1).write_bytes(data[:int(len(data) * 0.6)])
+    with pytest.raises(InputError, match="truncated or corrupt image") as err:
+        seq.load_image(1)
+    assert err.value.path == str(seq.image_path(1))
+
+
+def test_truncated_png_and_empty_image_are_refused(tmp_path):
+    import cv2
+
+    d = make_seq(tmp_path, "s", MOT17_ROWS, length=2)
+    (d / "seqinfo.ini").write_text(SeqInfo("s", "img1", 20, 2, 64, 48, ".png").to_ini())
+    seq = Sequence(d)
+    png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))[1].tobytes()
+    seq.image_path(1).write_bytes(png)
+    assert seq.load_image(1).shape == (3, 48, 64)
+    for broken in (png[:int(len(png) * 0.6)], b""):
+        seq.image_path(1).write_bytes(broken)
+        with pytest.raises(InputError, match=r"00000001.png: truncated or corrupt image"):
+            seq.load_image(1)
+
+
+@pytest.mark.parametrize("with_bom", ["val/s1/seqinfo.ini", "val/s1/gt/gt.txt", "val_seqmap.txt"])
+def test_text_files_with_a_byte_order_mark_are_read(tmp_path, with_bom):
+    """Windows editors start UTF-8 files with a BOM; seqinfo.ini, gt.txt and seqmaps must read as without one."""
+    make_seq(tmp_path / "val", "s1", MOT17_ROWS, images=False)
+    (tmp_path / "val_seqmap.txt").write_text("name\ns1\n")
+    path = tmp_path / with_bom
+    path.write_text("\ufeff" + path.read_text())
+    (seq,) = load_sequences(tmp_path, split="val")
+    assert seq.info.seq_length == 5 and len(seq.gt) == 4 and seq.gt.frames[0] == 1
+
+
+def test_text_that_is_not_utf8_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "gt.txt"
+    path.write_bytes(b"1,1,10,10,5,10,1,1,1\n1,2,\xe9,10,5,10,1,1,1\n")
+    with pytest.raises(InputError, match="not UTF-8 text") as err:
+        read_mot_file(path)
+    assert err.value.line == 2
+    (tmp_path / "seqinfo.ini").write_bytes("[Sequence]\nname=é\n".encode("utf-16"))
+    with pytest.raises(InputError, match=r"seqinfo.ini:1: not UTF-8 text"):
+        SeqInfo.read(tmp_path / "seqinfo.ini")
 
 
 def test_missing_seqinfo_images_and_seqmap_errors(tmp_path):

@@ -5,13 +5,20 @@ first line is `name`. gt rows are `frame,id,x,y,w,h,conf,class,visibility`:
 - MOT16/17: conf 0 marks a box to ignore; class 1 is pedestrian, 2/7/8/12 are distractors (a tracker box that
   matches one is not counted as a false positive), other classes are never evaluated.
 - DanceTrack: `frame,id,x,y,w,h,1,1,1`.  MOT15: `frame,id,x,y,w,h,conf,-1,-1,-1` (no classes: all pedestrians).
-Every malformed line raises InputError with the file and line number.
+
+Nothing is guessed and nothing is dropped: every problem raises InputError naming the file (and line or field).
+- Text files (seqinfo.ini, gt.txt, seqmaps, result files) are UTF-8; a leading byte-order mark (files written on
+  Windows) is skipped; other encodings are refused.
+- Frame and id are integers, parsed exactly from the text ("7", "7.0", "7.000000"; never through a float, which
+  merges ids above 2**53); an id that does not fit int64 is refused, as is a frame outside 1..seqLength.
+- Every frame is decoded completely or refused: a truncated image (a JPEG without its end marker, which libjpeg
+  would decode into grey rows with only a warning that names no file) is an error naming the image.
 """
 from __future__ import annotations
 
 import configparser
-import math
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
 
@@ -23,6 +30,17 @@ PEDESTRIAN = 1
 # MOTChallenge classes whose matched tracker boxes are removed before scoring (TrackEval's distractor list).
 DISTRACTOR_CLASSES = (2, 7, 8, 12)
 VALID_MOT17_CLASSES = tuple(range(1, 14))
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file; a leading byte-order mark is skipped, other encodings are refused naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8",
+                         data[:e.start].count(b"\n") + 1) from None
 
 
 @dataclass(frozen=True)
@@ -43,7 +61,7 @@ class SeqInfo:
                                    "frameRate, seqLength, imWidth, imHeight, imExt)")
         parser = configparser.ConfigParser()
         try:
-            parser.read(path)
+            parser.read_string(read_text(path), source=str(path))
         except configparser.Error as e:
             raise InputError(path, f"not a valid ini file: {e}") from None
         if "Sequence" not in parser:
@@ -112,63 +130,89 @@ class Tracks:
         return len(self) > 0 and bool(np.any(c == -1) or np.any(c != np.round(c)))
 
 
+def _int64(text: str) -> int | None:
+    """The integer written in `text` ("12", "-3", "12.0", "1.000000"), exactly (a float rounds above 2**53);
+    None unless it is an integer within int64."""
+    whole, _, fraction = text.partition(".")
+    try:
+        if fraction.strip("0"):
+            raise ValueError  # "12.5", "1e3": only a Decimal reads these exactly
+        value = int(whole)  # the usual spellings, without the cost of a Decimal
+    except ValueError:
+        try:
+            exact = Decimal(text)
+        except InvalidOperation:
+            return None
+        # Range first: int(Decimal("1e999999999")) would build a billion-digit number.
+        if not exact.is_finite() or exact != exact.to_integral_value() or not INT64_MIN <= exact <= INT64_MAX:
+            return None
+        value = int(exact)
+    return value if INT64_MIN <= value <= INT64_MAX else None
+
+
 def read_mot_file(path: Path, seq_length: int | None = None, kind: str = "gt") -> Tracks:
     """Parse a MOT text file; `kind` is "gt" or "results" (only changes the wording of errors).
 
-    Checks: 6..10 numeric columns, integer frame and id, frame in 1..seq_length, positive width and height,
-    no id twice in one frame.
+    Checks: 6..10 finite numeric columns, frame and id integers within int64 (read exactly), frame in
+    1..seq_length, positive width and height, no id twice in one frame.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, f"missing {kind} file")
-    rows, lines = [], []
-    with open(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            text = raw.strip()
-            if not text:
-                continue
-            parts = [p.strip() for p in text.split(",")] if "," in text else text.split()
-            if len(parts) < 6 or len(parts) > 10:
-                raise InputError(path, f"expected 6 to 10 comma-separated values "
-                                       f"(frame,id,x,y,w,h[,conf,class,visibility,...]), got {len(parts)}: {text!r}",
-                                 lineno)
-            try:
-                values = [float(p) for p in parts]
-            except ValueError:
-                raise InputError(path, f"non-numeric value in {text!r}", lineno) from None
-            if not all(math.isfinite(v) for v in values):
-                raise InputError(path, f"non-finite value in {text!r}", lineno)
-            frame, track_id = values[0], values[1]
-            if frame != int(frame) or track_id != int(track_id):
-                raise InputError(path, f"frame and id must be integers, got {parts[0]!r}, {parts[1]!r}", lineno)
-            if frame < 1 or (seq_length is not None and frame > seq_length):
-                limit = f"1..{seq_length} (seqLength in seqinfo.ini)" if seq_length is not None else ">= 1"
-                raise InputError(path, f"frame {int(frame)} is outside {limit}", lineno)
-            if values[4] <= 0 or values[5] <= 0:
-                raise InputError(path, f"box width and height must be positive, got w={parts[4]} h={parts[5]}",
-                                 lineno)
-            # Missing trailing columns take the MOT15 / results defaults: conf 1, class -1, visibility 1.
-            values += [1.0, -1.0, 1.0][len(values) - 6:] if len(values) < 9 else []
-            rows.append(values[:9])
-            lines.append(lineno)
+    frames, ids, rows, lines = [], [], [], []
+    last_frame = seq_length if seq_length is not None else INT64_MAX
+    for lineno, raw in enumerate(read_text(path).splitlines(), start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        parts = text.split(",") if "," in text else text.split()
+        if len(parts) < 6 or len(parts) > 10:
+            raise InputError(path, f"expected 6 to 10 comma-separated values "
+                                   f"(frame,id,x,y,w,h[,conf,class,visibility,...]), got {len(parts)}: {text!r}",
+                             lineno)
+        frame, track_id = _int64(parts[0]), _int64(parts[1])
+        if frame is None or track_id is None:
+            raise InputError(path, f"frame and id must be integers within int64 ({INT64_MIN}..{INT64_MAX}), "
+                                   f"got {parts[0].strip()!r}, {parts[1].strip()!r}", lineno)
+        if not 1 <= frame <= last_frame:
+            limit = f"1..{seq_length} (seqLength in seqinfo.ini)" if seq_length is not None else ">= 1"
+            raise InputError(path, f"frame {frame} is outside {limit}", lineno)
+        try:
+            values = [float(p) for p in parts[2:]]
+        except ValueError:
+            raise InputError(path, f"non-numeric value in {text!r}", lineno) from None
+        if values[2] <= 0 or values[3] <= 0:
+            raise InputError(path, f"box width and height must be positive, got w={parts[4].strip()} "
+                                   f"h={parts[5].strip()}", lineno)
+        # Missing trailing columns take the MOT15 / results defaults: conf 1, class -1, visibility 1.
+        values += [1.0, -1.0, 1.0][len(values) - 4:] if len(values) < 7 else []
+        frames.append(frame)
+        ids.append(track_id)
+        rows.append(values[:7])
+        lines.append(lineno)
     if not rows:
         return Tracks.empty(path)
-    data = np.asarray(rows, dtype=np.float64)
-    line_numbers = np.asarray(lines, dtype=np.int64)
-    order = np.argsort(data[:, 0], kind="stable")
-    data, line_numbers = data[order], line_numbers[order]
-    tracks = Tracks(frames=data[:, 0].astype(np.int64), ids=data[:, 1].astype(np.int64), boxes=data[:, 2:6].copy(),
-                    conf=data[:, 6].copy(), classes=data[:, 7].copy(), visibility=data[:, 8].copy(),
-                    lines=line_numbers, path=path)
+    data, lines = np.asarray(rows, dtype=np.float64), np.asarray(lines, dtype=np.int64)
+    finite = np.isfinite(data).all(axis=1)
+    if not finite.all():
+        raise InputError(path, "non-finite value (nan or inf)", int(lines[np.argmin(finite)]))
+    frames = np.asarray(frames, dtype=np.int64)
+    order = np.argsort(frames, kind="stable")
+    data = data[order]
+    tracks = Tracks(frames=frames[order], ids=np.asarray(ids, dtype=np.int64)[order], boxes=data[:, :4].copy(),
+                    conf=data[:, 4].copy(), classes=data[:, 5].copy(), visibility=data[:, 6].copy(),
+                    lines=lines[order], path=path)
     _check_unique_ids(tracks)
     return tracks
 
 
 def _check_unique_ids(tracks: Tracks) -> None:
-    key = tracks.frames * (tracks.ids.max() + 1 - min(tracks.ids.min(), 0)) + (tracks.ids - min(tracks.ids.min(), 0))
-    unique, first, counts = np.unique(key, return_index=True, return_counts=True)
-    if np.any(counts > 1):
-        dup = int(np.flatnonzero(key == unique[counts > 1][0])[1])
+    # Sort by (frame, id) and compare neighbours: no arithmetic on ids, so any int64 id works.
+    order = np.lexsort((tracks.ids, tracks.frames))
+    frames, ids = tracks.frames[order], tracks.ids[order]
+    repeats = np.flatnonzero((frames[1:] == frames[:-1]) & (ids[1:] == ids[:-1]))
+    if len(repeats):
+        dup = int(order[repeats[0] + 1])
         raise InputError(tracks.path, f"id {tracks.ids[dup]} appears twice in frame {tracks.frames[dup]}",
                          int(tracks.lines[dup]))
 
@@ -177,13 +221,26 @@ def read_seqmap(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "missing seqmap file")
-    names = [line.strip() for line in path.read_text().splitlines()]
+    names = [line.strip() for line in read_text(path).splitlines()]
     if not names or names[0] != "name":
         raise InputError(path, "a seqmap starts with the header line 'name'", 1)
     names = [n for n in names[1:] if n]
     if len(set(names)) != len(names):
         raise InputError(path, "a sequence is listed twice")
     return names
+
+
+JPEG_START, JPEG_END, JPEG_SCAN = b"\xff\xd8", b"\xff\xd9", b"\xff\xda"
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether the JPEG's last scan is followed by the end-of-image marker. libjpeg decodes a truncated file with
+    only a warning (the missing rows grey), while PNG and other decoders refuse one (cv2 then returns None).
+
+    Compressed scan data never holds FF D9 or FF DA (an FF there is followed by 00 or a restart marker), so in a
+    truncated file the last FF D9 is missing or belongs to an EXIF thumbnail, before the image's own scan."""
+    end = data.rfind(JPEG_END)
+    return end >= 0 and data.find(JPEG_SCAN, end) < 0
 
 
 class Sequence:
@@ -227,9 +284,12 @@ class Sequence:
         path = self.image_path(frame)
         if not path.is_file():
             raise InputError(path, "missing image")
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        data = path.read_bytes()
+        if data[:2] == JPEG_START and not jpeg_is_complete(data):
+            raise InputError(path, "truncated or corrupt image: the JPEG ends before its end-of-image marker")
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # b"": cv2 raises
         if bgr is None:
-            raise InputError(path, "cannot decode image")
+            raise InputError(path, "truncated or corrupt image: it cannot be decoded")
         if bgr.shape[:2] != (self.info.height, self.info.width):
             raise InputError(path, f"image is {bgr.shape[1]}x{bgr.shape[0]}, seqinfo.ini says "
                                    f"{self.info.width}x{self.info.height}")
