@@ -9,7 +9,7 @@ import pytest
 
 from darth_ray.cli import main
 from darth_ray.data.mot import SeqInfo, read_mot_file
-from darth_ray.eval.metrics import COMBINED, evaluate
+from darth_ray.eval.metrics import COMBINED, evaluate, format_table
 
 TUD = Path(motmetrics.__file__).parent / "data"
 SEQS = ["TUD-Campus", "TUD-Stadtmitte"]
@@ -155,3 +155,16 @@ def test_result_file_with_a_byte_order_mark(tud):
     path.write_text("\ufeff" + path.read_text())
     assert evaluate(tud / "gt", tud / "res") == before
 
+
+def test_loca_is_nan_without_true_positives(tmp_path):
+    """LocA averages the IoU of true positives; TrackEval prints 100 when there are none (1e-10 / 1e-10)."""
+    gt = [f"{t},1,10,20,30,60,1,1,1" for t in range(1, 11)]
+    hits = [f"{t},1,12,20,30,60,1,-1,-1,-1" for t in range(1, 11)]
+    misses = [f"{t},1,150,20,30,60,1,-1,-1,-1" for t in range(1, 11)]
+    m = evaluate(*_write_benchmark(tmp_path, {"a": gt, "b": gt, "c": gt}, {"a": hits, "b": misses, "c": []}))
+    assert np.isnan(m["b"]["LocA"]) and np.isnan(m["c"]["LocA"]) and m["b"]["HOTA"] == m["c"]["HOTA"] == 0
+    assert 80 < m["a"]["LocA"] < 100 and m[COMBINED]["LocA"] == pytest.approx(m["a"]["LocA"])  # weighted by true positives
+    assert "nan" in format_table(m).splitlines()[3]
+
+    none = evaluate(*_write_benchmark(tmp_path / "none", {"b": gt}, {"b": misses}))
+    assert np.isnan(none[COMBINED]["LocA"])

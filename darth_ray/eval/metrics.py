@@ -5,10 +5,16 @@ Both libraries see the same preprocessed boxes. The preprocessing is TrackEval's
 memory so that no file layout has to be faked: for files with classes (MOT16/17/20, DanceTrack) tracker boxes
 matched (Hungarian, IoU >= 0.5) to a distractor are removed, and only pedestrian ground truth with conf != 0 is
 scored; MOT15 files (class -1) keep every ground-truth row with conf != 0. Percentages are 0..100.
+
+LocA is the mean IoU of the true positives, so with none it is undefined and reported as NaN; TrackEval prints
+100 there (1e-10 / 1e-10). Like TrackEval, an alpha threshold with no true positives still counts 100 in the mean
+over thresholds when some lower threshold has them, so that LocA equals TrackEval's wherever it is defined.
+Ids are kept as int64 end to end (relabelled to 0..n-1 per sequence), so large ids never merge.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +120,9 @@ def _accumulator(data: SequenceData):
 
 def _row(hota: dict, clear: dict) -> dict:
     pct = lambda v: float(np.mean(v)) * 100.0  # HOTA family: mean over TrackEval's 19 alpha thresholds
+    loc_a = pct(hota["LocA"]) if hota["HOTA_TP"].any() else math.nan  # no true positive: no IoU to average
     return {"HOTA": pct(hota["HOTA"]), "DetA": pct(hota["DetA"]), "AssA": pct(hota["AssA"]),
-            "LocA": pct(hota["LocA"]), "MOTA": float(clear["mota"]) * 100.0, "IDF1": float(clear["idf1"]) * 100.0,
+            "LocA": loc_a, "MOTA": float(clear["mota"]) * 100.0, "IDF1": float(clear["idf1"]) * 100.0,
             "IDSW": int(clear["num_switches"]), "FP": int(clear["num_false_positives"]),
             "FN": int(clear["num_misses"]), "IDP": float(clear["idp"]) * 100.0, "IDR": float(clear["idr"]) * 100.0,
             "Recall": float(clear["recall"]) * 100.0, "Precision": float(clear["precision"]) * 100.0,
