@@ -17,10 +17,13 @@ Nothing is guessed and nothing is dropped: every problem raises InputError namin
 from __future__ import annotations
 
 import configparser
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
 
 import numpy as np
 
@@ -243,22 +246,108 @@ def jpeg_is_complete(data: bytes) -> bool:
     return end >= 0 and data.find(JPEG_SCAN, end) < 0
 
 
-class Sequence:
-    """One sequence directory. Ground truth and images load lazily, so evaluation never touches images."""
+class Sequence(ABC):
+    """What every consumer uses: a named run of frames (1-based), their images and, optionally, ground truth.
 
-    def __init__(self, root: Path, require_images: bool = False):
-        self.root = Path(root)
-        self.info = SeqInfo.read(self.root / "seqinfo.ini")
-        self.name = self.root.name
-        if require_images:
-            self.check_images()
+    Implementations: `MotSequence` (a MOTChallenge folder) and `darth_ray.data.frames.FrameSequence` (frames
+    listed by path with ground truth already read: the COCO-video and Scalabel formats). Images load lazily.
+    `gt.classes` holds MOTChallenge's class codes for a MOTChallenge folder and, for the other formats, the
+    1-based index into `class_names` (0: an ignore region of a category outside the chosen classes).
+    """
+
+    name: str
+    class_names: tuple[str, ...] = ("pedestrian",)
+    attributes: Mapping = MappingProxyType({})  # video attributes (BDD100K: weather, timeofday, scene)
+
+    def __new__(cls, *args, **kwargs):
+        # `Sequence(folder)` predates the JSON formats and still means a MOTChallenge folder.
+        return super().__new__(MotSequence if cls is Sequence else cls)
 
     def __repr__(self) -> str:
-        return f"Sequence({self.name!r}, frames={self.num_frames})"
+        return f"{type(self).__name__}({self.name!r}, frames={self.num_frames})"
+
+    @property
+    @abstractmethod
+    def info(self) -> SeqInfo: ...
+
+    @property
+    @abstractmethod
+    def has_gt(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def gt(self) -> Tracks: ...
+
+    @abstractmethod
+    def image_path(self, frame: int) -> Path: ...
 
     @property
     def num_frames(self) -> int:
         return self.info.seq_length
+
+    def where(self, frame: int) -> str:
+        """Where frame `frame` is listed, for error messages ("" when its path says it all)."""
+        return ""
+
+    def check_images(self) -> None:
+        for frame in range(1, self.num_frames + 1):
+            if not self.image_path(frame).is_file():
+                raise InputError(self.image_path(frame), f"missing image{self.where(frame)}")
+
+    def load_image(self, frame: int):
+        """Frame `frame` (1-based) as a uint8 RGB tensor [3, H, W]."""
+        import torch
+
+        rgb = decode_image(self.image_path(frame), self.where(frame))
+        if rgb.shape[:2] != (self.info.height, self.info.width):
+            raise InputError(self.image_path(frame), f"image is {rgb.shape[1]}x{rgb.shape[0]}, the sequence's "
+                                                     f"frames are {self.info.width}x{self.info.height}")
+        return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+    def target_labels(self, rows: slice) -> np.ndarray:
+        """The training label (1-based class) of each ground-truth row; 0 for rows that are no target."""
+        return self.gt.classes[rows].astype(np.int64)
+
+    def targets(self, frame: int) -> dict[str, np.ndarray]:
+        """Training targets of one frame: boxes (x1y1x2y2) with their ids and labels, and boxes to ignore."""
+        gt = self.gt
+        rows = gt.frame_rows(frame)
+        boxes = gt.boxes[rows].copy()
+        boxes[:, 2:] += boxes[:, :2]
+        labels = self.target_labels(rows)
+        keep = (gt.conf[rows] != 0) & (labels > 0)
+        return {"boxes": boxes[keep], "ids": gt.ids[rows][keep], "labels": labels[keep],
+                "ignore_boxes": boxes[~keep]}
+
+
+def decode_image(path: Path, where: str = ""):
+    """An image file as a uint8 RGB array [H, W, 3]; a missing, truncated or corrupt file is an InputError."""
+    import cv2
+
+    if not path.is_file():
+        raise InputError(path, f"missing image{where}")
+    data = path.read_bytes()
+    if data[:2] == JPEG_START and not jpeg_is_complete(data):
+        raise InputError(path, "truncated or corrupt image: the JPEG ends before its end-of-image marker")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # b"": cv2 raises
+    if bgr is None:
+        raise InputError(path, "truncated or corrupt image: it cannot be decoded")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class MotSequence(Sequence):
+    """One MOTChallenge sequence directory: `<root>/{seqinfo.ini, img1/, gt/gt.txt}`."""
+
+    def __init__(self, root: Path, require_images: bool = False):
+        self.root = Path(root)
+        self._info = SeqInfo.read(self.root / "seqinfo.ini")
+        self.name = self.root.name
+        if require_images:
+            self.check_images()
+
+    @property
+    def info(self) -> SeqInfo:
+        return self._info
 
     @property
     def image_dir(self) -> Path:
@@ -276,25 +365,6 @@ class Sequence:
             raise InputError(self.image_path(missing[0]),
                              f"missing image ({len(missing)} of {self.num_frames} frames missing in {self.image_dir})")
 
-    def load_image(self, frame: int):
-        """Frame `frame` (1-based) as a uint8 RGB tensor [3, H, W]."""
-        import cv2
-        import torch
-
-        path = self.image_path(frame)
-        if not path.is_file():
-            raise InputError(path, "missing image")
-        data = path.read_bytes()
-        if data[:2] == JPEG_START and not jpeg_is_complete(data):
-            raise InputError(path, "truncated or corrupt image: the JPEG ends before its end-of-image marker")
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None  # b"": cv2 raises
-        if bgr is None:
-            raise InputError(path, "truncated or corrupt image: it cannot be decoded")
-        if bgr.shape[:2] != (self.info.height, self.info.width):
-            raise InputError(path, f"image is {bgr.shape[1]}x{bgr.shape[0]}, seqinfo.ini says "
-                                   f"{self.info.width}x{self.info.height}")
-        return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).contiguous()
-
     @property
     def has_gt(self) -> bool:
         return (self.root / "gt" / "gt.txt").is_file()
@@ -303,19 +373,14 @@ class Sequence:
     def gt(self) -> Tracks:
         return read_mot_file(self.root / "gt" / "gt.txt", self.num_frames, kind="ground-truth")
 
-    def targets(self, frame: int) -> dict[str, np.ndarray]:
-        """Training targets of one frame: pedestrian boxes (x1y1x2y2) with their ids, and boxes to ignore."""
-        gt = self.gt
-        rows = gt.frame_rows(frame)
-        boxes = gt.boxes[rows].copy()
-        boxes[:, 2:] += boxes[:, :2]
-        classes, conf = gt.classes[rows], gt.conf[rows]
-        keep = (conf != 0) if gt.looks_like_mot15 else (conf != 0) & (classes == PEDESTRIAN)
-        return {"boxes": boxes[keep], "ids": gt.ids[rows][keep], "ignore_boxes": boxes[~keep]}
+    def target_labels(self, rows: slice) -> np.ndarray:
+        # Pedestrians only (MOT15 files have no classes: every row is one); label 1, the model's only class.
+        classes = self.gt.classes[rows]
+        return np.ones(len(classes), np.int64) if self.gt.looks_like_mot15 else (classes == PEDESTRIAN) * 1
 
 
 def load_sequences(data_dir: Path, split: str | None = None, seqmap: Path | None = None,
-                   require_images: bool = False, require_gt: bool = False) -> list[Sequence]:
+                   require_images: bool = False, require_gt: bool = False) -> list[MotSequence]:
     """The sequences of a dataset directory, sorted by name.
 
     `data_dir` may be a split directory holding sequence folders, a dataset root with `split` given
@@ -341,7 +406,7 @@ def load_sequences(data_dir: Path, split: str | None = None, seqmap: Path | None
         roots = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not roots:
             raise InputError(data_dir, "no sequence folders (expected <seq>/seqinfo.ini)")
-    sequences = [Sequence(root, require_images=require_images) for root in roots]
+    sequences = [MotSequence(root, require_images=require_images) for root in roots]
     if require_gt:
         for seq in sequences:
             if not seq.has_gt:
