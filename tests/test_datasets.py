@@ -247,6 +247,9 @@ def test_missing_image_and_broken_json_are_refused(tmp_path):
     with pytest.raises(InputError, match=r"images/v/v-0000001.jpg: missing image \(listed in .*ann_cocofmt.json: "
                                          r"images\[0\] \(id 1\)\)"):
         load_dataset(path, images=tmp_path / "images", require_images=True)
+    detection_only = {k: v for k, v in json.loads(path.read_text()).items() if k != "videos"}
+    with pytest.raises(InputError, match=r"ann_cocofmt.json: neither a COCO-video file"):
+        load_dataset(write(path, detection_only))
     path.write_text(path.read_text()[:-20])
     with pytest.raises(InputError, match=r"ann_cocofmt.json:1: not valid JSON"):
         load_dataset(path)

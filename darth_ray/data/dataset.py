@@ -63,6 +63,9 @@ def _read_json_dataset(path: Path, images, classes, class_map):
     data = load_json(path)
     if is_coco_video(data):
         return read_coco_video(path, images, classes, class_map, data=data)
+    if isinstance(data, dict) and "frames" not in data:
+        raise InputError(path, "neither a COCO-video file ('videos', 'images') nor Scalabel labels ('frames' or a "
+                               "list of frames)")
     if path.name == SHIFT_LABELS:
         return read_scalabel(path, images or path.parent / "img", classes, class_map, data=data, **shift)
     return read_scalabel(path, images, classes, class_map, data=data)
