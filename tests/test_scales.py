@@ -1,9 +1,12 @@
-"""Scales: evaluation resizes to the model's test_scale."""
+"""Scales: evaluation resizes to the model's test_scale, DARTH resizes the plain frame to frame_size and builds
+its views at img_scale (or the model's own scale)."""
 import dataclasses
 
 import pytest
 import torch
 
+from darth_ray.adapt.config import DarthConfig
+from darth_ray.adapt.darth import Darth
 from darth_ray.eval.track import detect_and_embed
 from darth_ray.models.config import ModelConfig, model_config
 from darth_ray.models.qdtrack import QDTrack, build_model, load_checkpoint, save_checkpoint
@@ -74,3 +77,29 @@ def test_checkpoints_without_test_scale_get_their_named_configs(tmp_path):
 def test_test_scale_is_validated(value):
     with pytest.raises(ValueError, match="test_scale"):
         dataclasses.replace(model_config("small"), test_scale=value)
+
+
+def test_darth_resizes_the_plain_frame_to_frame_size_and_views_to_the_model_scale(monkeypatch):
+    source = build_model(dataclasses.replace(model_config("small"), test_scale=(64, 64)))
+    darth = Darth(source, DarthConfig(frame_size=(160, 90), aug_strength=0.0))
+    seen = {}
+
+    def pseudo_labels(frames):
+        seen["plain"] = tuple(frames.shape[-2:])
+        return [torch.tensor([[16.0, 9.0, 48.0, 45.0]])] * len(frames)
+
+    monkeypatch.setattr(darth, "pseudo_labels", pseudo_labels)
+    import darth_ray.adapt.darth as darth_module
+    build_views = darth_module.build_views
+
+    def spy(*args, **kwargs):
+        views = build_views(*args, **kwargs)
+        seen["views"] = views.teacher_sizes
+        return views
+
+    monkeypatch.setattr(darth_module, "build_views", spy)
+    frames = torch.randint(0, 256, (2, 3, 60, 120), dtype=torch.uint8)
+    losses = darth.losses(frames, torch.Generator().manual_seed(0))
+    assert seen["plain"] == (90, 160)  # resized to frame_size (w, h), ratio not kept
+    assert seen["views"] == [(36, 64)] * 2  # fitted into test_scale (64, 64)
+    assert torch.isfinite(losses["loss_total"])
