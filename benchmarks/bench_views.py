@@ -9,9 +9,9 @@ Three per-image baselines, all on the same 2 frames with the same augmentation r
   copy), the student view (photometric on the teacher view) and the contrastive view (flip/resize/crop/photometric)
   through it once each; out pipeline = mmcv's imnormalize (float32), Pad(size_divisor=32), DefaultFormatBundle
   (HWC -> CHW tensor); then collate (pad to the largest view, stack). Frames are float32 (``to_float32=True``).
-- "numpy/cv2 float32": only the augmentations of the three views (flip, keep-ratio resize, crop, pad to the target
-  size, mmdet's PhotoMetricDistortion in float32 with HSV via cv2.cvtColor), then from_numpy and stack: no
-  normalising, padding to /32, deep copies, plain-frame pass or duplicated teacher pass.
+- "numpy/cv2 float32": only the augmentations of the three views (flip, keep-ratio resize, crop, mmdet's
+  PhotoMetricDistortion in float32 with HSV via cv2.cvtColor), then from_numpy and collate (pad to the largest
+  view): no normalising, padding to /32, deep copies, plain-frame pass or duplicated teacher pass.
 - "numpy/cv2 uint8 geo": the same with flip/resize/crop on uint8 (float32 only for the photometric distortion).
 
 To compare like with like against the first baseline, "build_views + normalise" adds what darth_ray does to get the
@@ -38,7 +38,7 @@ from darth_ray.adapt.views import build_views
 from darth_ray.models.qdtrack import build_model
 
 FRAME_W, FRAME_H = 1920, 1080
-TARGET_W, TARGET_H = 1088, 608
+IMG_SCALE = (1088, 1088)  # the published views: fit (1088, 1088) x ratio (0.8, 1.2), crop at most (1088, 1088)
 NUM_BOXES = 20
 
 
@@ -65,26 +65,24 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 
 def geometric_view(img: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """mmdet RandomFlip(0.5) + Resize(keep_ratio, ratio_range (0.8, 1.2)) + RandomCrop(target) + Pad(target)."""
+    """mmdet RandomFlip(0.5) + Resize(IMG_SCALE, keep_ratio, ratio_range (0.8, 1.2)) + RandomCrop(IMG_SCALE), boxes
+    never clipped (bbox_clip_border=False)."""
     h, w = img.shape[:2]
     boxes = boxes.copy()
     if rng.random() < 0.5:
         img = cv2.flip(img, 1)
         boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-    factor = rng.uniform(0.8, 1.2) * min(TARGET_W / w, TARGET_H / h)
+    scale = [int(side * rng.uniform(0.8, 1.2)) for side in IMG_SCALE]
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     new_w, new_h = int(w * factor + 0.5), int(h * factor + 0.5)
     img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     boxes *= np.array([new_w / w, new_h / h, new_w / w, new_h / h], dtype=np.float32)
-    x0 = rng.integers(0, max(new_w - TARGET_W, 0) + 1)
-    y0 = rng.integers(0, max(new_h - TARGET_H, 0) + 1)
-    img = img[y0:y0 + TARGET_H, x0:x0 + TARGET_W]
+    crop_w, crop_h = IMG_SCALE
+    x0 = rng.integers(0, max(new_w - crop_w, 0) + 1)
+    y0 = rng.integers(0, max(new_h - crop_h, 0) + 1)
+    img = img[y0:y0 + crop_h, x0:x0 + crop_w]
     boxes -= np.array([x0, y0, x0, y0], dtype=np.float32)
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, img.shape[1])
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, img.shape[0])
-    boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-    padded = np.zeros((TARGET_H, TARGET_W, 3), dtype=img.dtype)
-    padded[:img.shape[0], :img.shape[1]] = img
-    return padded, boxes
+    return img, boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
 
 
 def numpy_cv2_views(frames: torch.Tensor, pseudo_boxes: list[torch.Tensor], rng: np.random.Generator):
@@ -101,7 +99,7 @@ def numpy_cv2_views(frames: torch.Tensor, pseudo_boxes: list[torch.Tensor], rng:
         contrastives.append(torch.from_numpy(np.ascontiguousarray(contrastive.transpose(2, 0, 1))))
         teacher_boxes.append(torch.from_numpy(t_boxes))
         contrastive_boxes.append(torch.from_numpy(c_boxes))
-    return torch.stack(teachers), torch.stack(students), torch.stack(contrastives), teacher_boxes, contrastive_boxes
+    return collate(teachers), collate(students), collate(contrastives), teacher_boxes, contrastive_boxes
 
 
 PIXEL_MEAN = np.array([103.530, 116.280, 123.675], dtype=np.float64)  # mmdet caffe-style BGR mean, std 1
@@ -182,7 +180,7 @@ def main() -> None:
     data_gen = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 256, (2, 3, FRAME_H, FRAME_W), dtype=torch.uint8, generator=data_gen)
     pseudo_boxes = [random_boxes(NUM_BOXES, data_gen) for _ in range(2)]
-    config = DarthConfig(target_size=(TARGET_W, TARGET_H))
+    config = DarthConfig(img_scale=IMG_SCALE)
     view_gen = torch.Generator().manual_seed(1)
     rng = np.random.default_rng(1)
 
@@ -209,7 +207,7 @@ def main() -> None:
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
 
-    print(f"2 frames {FRAME_W}x{FRAME_H} -> 3 views {TARGET_W}x{TARGET_H}, {NUM_BOXES} boxes each, "
+    print(f"2 frames {FRAME_W}x{FRAME_H} -> 3 views fitting {IMG_SCALE} x 0.8-1.2, {NUM_BOXES} boxes each, "
           f"{args.threads} threads, per call over {args.runs} runs: wall median (min), process CPU time median")
     for name, ts in wall.items():
         ratio = ""

@@ -16,7 +16,8 @@ def test_defaults_are_the_published_values():
     assert c.saturation_range == (0.5, 1.5)
     assert c.hue_delta == 18
     assert c.channel_swap_prob == 0.5
-    assert c.target_size is None
+    assert c.img_scale is None and c.frame_size is None  # the model's own scale; frames as loaded
+    assert c.photometric_impl == "mmtrack"
     assert (c.rpn_weight, c.roi_weight, c.contrastive_weight) == (0.1, 0.1, 1.0)
     assert c.ema_momentum == 0.002
     assert c.conf_thr == 0.7
@@ -24,6 +25,7 @@ def test_defaults_are_the_published_values():
     assert (c.epochs, c.lr_steps, c.lr_gamma) == (4, (3,), 0.1)
     assert c.frames_per_batch == 2
     assert c.base_batch_size == 16  # the published lr is for 8 GPUs x 2 frames
+    assert c.scale_to_batch is True and c.warmup_iters == 0
 
 
 def test_lr_scales_linearly_with_the_total_batch():
@@ -33,6 +35,33 @@ def test_lr_scales_linearly_with_the_total_batch():
     from darth_ray.models.qdtrack import build_model
     darth = Darth(build_model("small"), DarthConfig(lr=0.004), workers=2)
     assert darth.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)
+    assert DarthConfig(scale_to_batch=False).scaled_lr(workers=3) == 0.002
+
+
+def test_ema_momentum_keeps_the_per_frame_rate_of_the_published_batch():
+    # 2 frames per step: 8 steps move the teacher as far as one published step of 16 frames
+    m = DarthConfig().scaled_ema_momentum()
+    assert m == pytest.approx(1 - (1 - 0.002) ** (2 / 16))
+    assert (1 - m) ** 8 == pytest.approx(1 - 0.002)
+    assert DarthConfig(frames_per_batch=4).scaled_ema_momentum(workers=4) == pytest.approx(0.002)
+    assert DarthConfig(frames_per_batch=8, ema_momentum=0.5).scaled_ema_momentum(workers=4) == pytest.approx(0.75)
+    assert DarthConfig(scale_to_batch=False).scaled_ema_momentum(workers=3) == 0.002
+    assert DarthConfig(ema_momentum=0.0).scaled_ema_momentum() == 0.0  # a frozen teacher stays frozen
+
+
+def test_lr_schedule_of_the_12e_configs_linear_warmup_and_steps():
+    c = DarthConfig(epochs=12, lr_steps=(8, 11), warmup_iters=1000, warmup_ratio=0.001)
+    per_epoch = 500
+    assert c.lr_factor(0, per_epoch) == pytest.approx(0.001)  # mmcv LinearWarmup starts at lr x warmup_ratio
+    assert c.lr_factor(500, per_epoch) == pytest.approx(1 - 0.5 * 0.999)
+    assert c.lr_factor(999, per_epoch) == pytest.approx(1 - 0.001 * 0.999)
+    assert c.lr_factor(1000, per_epoch) == 1.0
+    assert c.lr_factor(8 * per_epoch - 1, per_epoch) == 1.0
+    assert c.lr_factor(8 * per_epoch, per_epoch) == pytest.approx(0.1)
+    assert c.lr_factor(11 * per_epoch, per_epoch) == pytest.approx(0.01)
+    # the warm-up multiplies the step policy's lr when both apply (an epoch shorter than the warm-up)
+    assert c.lr_factor(900, 100) == pytest.approx(0.1 * (1 - 0.1 * 0.999))  # epoch 9
+    assert DarthConfig().lr_factor(0, 10) == 1.0 and DarthConfig().lr_factor(30, 10) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -41,7 +70,9 @@ def test_lr_scales_linearly_with_the_total_batch():
     ("flip_prob", 1.5), ("photometric_prob", -0.5), ("channel_swap_prob", 2.0),
     ("brightness_delta", -1.0), ("brightness_delta", 300.0),
     ("contrast_range", (-0.5, 1.5)), ("saturation_range", (1.5, 0.5)),
-    ("hue_delta", 200.0), ("target_size", (1088,)), ("target_size", (1088.0, 608)), ("target_size", (0, 608)),
+    ("hue_delta", 200.0), ("img_scale", (1088,)), ("img_scale", (1088.0, 608)), ("img_scale", (0, 608)),
+    ("frame_size", (1920, -1080)), ("photometric_impl", "yiq"), ("scale_to_batch", 1),
+    ("warmup_iters", -1), ("warmup_iters", 1.5), ("warmup_ratio", 0.0), ("warmup_ratio", 1.5),
     ("rpn_weight", -0.1), ("roi_weight", math.inf), ("contrastive_weight", "1"),
     ("ema_momentum", -0.1), ("ema_momentum", 1.5), ("conf_thr", 1.2),
     ("lr", 0.0), ("momentum", 1.0), ("weight_decay", -1e-4), ("grad_clip", 0.0),
@@ -71,7 +102,8 @@ def test_all_problems_are_reported_at_once():
 
 def test_optional_fields_accept_none_and_valid_values():
     assert DarthConfig(grad_clip=None).grad_clip is None
-    assert DarthConfig(target_size=(1088, 608)).target_size == (1088, 608)
+    assert DarthConfig(img_scale=(1088, 1088)).img_scale == (1088, 1088)
+    assert DarthConfig(frame_size=(1920, 1080), photometric_impl="affine").frame_size == (1920, 1080)
     assert DarthConfig(lr_steps=()).lr_steps == ()
 
 
@@ -81,10 +113,15 @@ def test_from_dict_rejects_unknown_keys_by_name():
 
 
 def test_from_dict_to_dict_round_trip_with_lists():
-    c = DarthConfig.from_dict({"scale_range": [0.7, 1.3], "target_size": [1088, 608], "rpn_weight": 0.5})
-    assert c.scale_range == (0.7, 1.3) and c.target_size == (1088, 608) and c.rpn_weight == 0.5
+    c = DarthConfig.from_dict({"scale_range": [0.7, 1.3], "img_scale": [1088, 1088], "rpn_weight": 0.5})
+    assert c.scale_range == (0.7, 1.3) and c.img_scale == (1088, 1088) and c.rpn_weight == 0.5
     assert DarthConfig.from_dict(c.to_dict()) == c
     assert c.to_dict()["ema_momentum"] == 0.002
+
+
+def test_from_dict_names_the_replaced_target_size():
+    with pytest.raises(ValueError, match="target_size was replaced by img_scale"):
+        DarthConfig.from_dict({"target_size": [1088, 608]})
 
 
 def test_from_dict_validates():

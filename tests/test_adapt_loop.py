@@ -27,7 +27,8 @@ def crafted_pseudo_labels(darth, frames):
 def test_step_trains_student_only_and_updates_teacher_by_ema(tiny, monkeypatch):
     monkeypatch.setattr(Darth, "pseudo_labels", crafted_pseudo_labels)
     source, _ = load_checkpoint(tiny / "source.pt")
-    darth = Darth(source, DarthConfig(ema_momentum=0.25, lr=0.01))
+    darth = Darth(source, DarthConfig(ema_momentum=0.25, lr=0.01))  # 2 frames per step, 1 worker
+    m = 1 - 0.75 ** (2 / 16)  # the batch rule: 8 steps of 2 frames move the teacher as one step of 16
     teacher_before = {k: v.clone() for k, v in darth.teacher.state_dict().items()}
     losses = darth.step(frames_of(tiny), torch.Generator().manual_seed(0))
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
@@ -37,7 +38,7 @@ def test_step_trains_student_only_and_updates_teacher_by_ema(tiny, monkeypatch):
     changed = 0
     for name, after in darth.teacher.state_dict().items():
         if after.is_floating_point():
-            expected = 0.75 * teacher_before[name] + 0.25 * student[name]
+            expected = (1 - m) * teacher_before[name] + m * student[name]
             torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
             changed += int(not torch.equal(after, teacher_before[name]))
     assert changed > 0

@@ -1,7 +1,8 @@
 """Every DARTH knob (what Ray Tune searches) and the adaptation loop's settings, in one frozen dataclass.
 
 Defaults are the published configuration (mattiasegu/darth,
-``configs/adapters/darth/darth_qdtrack_faster_rcnn_r50_fpn_4e_base.py`` and mmtrack's ``SeqPhotoMetricDistortion``).
+``configs/adapters/darth/darth_qdtrack_faster_rcnn_r50_fpn_4e_base.py`` and mmtrack's ``SeqPhotoMetricDistortion``;
+the 12e configs add a linear lr warm-up and steps at epochs 8 and 11, expressible with the same fields).
 ``aug_strength`` scales every augmentation range at once: 0 = no augmentation (the plain resized frame), 1 = the
 published ranges, 2 = twice as wide.
 """
@@ -16,6 +17,8 @@ from darth_ray.data.photometric import PhotometricRanges
 from darth_ray.io import dataclass_from_dict
 
 PUBLISHED_PHOTOMETRIC = PhotometricRanges()
+# "mmtrack": the published float BGR/HSV distortion; "affine": a fast uint8 approximation (a deliberate difference).
+PHOTOMETRIC_IMPLS = ("mmtrack", "affine")
 
 MAX_AUG_STRENGTH = 2.0
 
@@ -24,7 +27,7 @@ MAX_AUG_STRENGTH = 2.0
 class AugmentationRanges(PhotometricRanges):
     """The view augmentation ranges after scaling by ``aug_strength`` (what ``build_views`` samples from)."""
 
-    scale_range: tuple[float, float]  # resize factor around the target size, keep ratio
+    scale_range: tuple[float, float]  # ratio_range of the keep-ratio resize to img_scale
     flip_prob: float
 
 
@@ -40,15 +43,20 @@ class DarthConfig:
     saturation_range: tuple[float, float] = PUBLISHED_PHOTOMETRIC.saturation_range
     hue_delta: float = PUBLISHED_PHOTOMETRIC.hue_delta
     channel_swap_prob: float = PUBLISHED_PHOTOMETRIC.channel_swap_prob
-    # Views are cropped (or padded) to this (w, h); None = the frame size.
-    target_size: tuple[int, int] | None = None
+    photometric_impl: str = "mmtrack"  # one of PHOTOMETRIC_IMPLS
+    # Views are resized to fit img_scale (w, h) keeping the ratio (x scale_range, mmdet's ratio_range) and cropped
+    # to at most img_scale; None = the model's own scale (ModelConfig.test_scale; the frame size if that is None).
+    img_scale: tuple[int, int] | None = None
+    # The plain frame is first resized to frame_size (w, h), ignoring its ratio, before pseudo-labels and views
+    # (1920x1080 in the authors' pedestrian target configs); None = as loaded.
+    frame_size: tuple[int, int] | None = None
 
     # Losses: total = rpn_weight * rpn + roi_weight * roi + contrastive_weight * track losses.
     rpn_weight: float = 0.1
     roi_weight: float = 0.1
     contrastive_weight: float = 1.0
-    # Teacher = (1 - ema_momentum) * teacher + ema_momentum * student after every step; 0 = a frozen teacher
-    # (the paper's ablation).
+    # Teacher = (1 - m) * teacher + m * student after every step; 0 = a frozen teacher (the paper's ablation).
+    # Given for base_batch_size frames per step, like lr (see scale_to_batch).
     ema_momentum: float = 0.002
     # Teacher detections scoring above this become pseudo-boxes.
     conf_thr: float = 0.7
@@ -57,17 +65,22 @@ class DarthConfig:
     # while adapting, as published). For models whose BN statistics were learned on the source domain.
     target_bn_stats: bool = False
 
-    # Optimiser and schedule (SGD, lr x lr_gamma at each epoch in lr_steps).
-    # lr is the published one for a total batch of base_batch_size frames (8 GPUs x 2); the optimiser uses it scaled
-    # linearly to the real total batch, frames_per_batch x workers (mmdet's auto_scale_lr).
+    # Optimiser and schedule (SGD; lr x lr_gamma at each epoch in lr_steps; mmcv's linear warm-up over the first
+    # warmup_iters steps, from lr x warmup_ratio).
+    # lr and ema_momentum are the published ones for a total batch of base_batch_size frames (8 GPUs x 2). With
+    # scale_to_batch, a real total batch B = frames_per_batch x workers keeps the per-frame behaviour:
+    # lr x B / base_batch_size and m' = 1 - (1 - m) ** (B / base_batch_size); without, both are used as given.
     lr: float = 0.002
     base_batch_size: int = 16
+    scale_to_batch: bool = True
     momentum: float = 0.9
     weight_decay: float = 1e-4
     grad_clip: float | None = 35.0  # max L2 norm of all gradients; None = no clipping
     epochs: int = 4
     lr_steps: tuple[int, ...] = (3,)
     lr_gamma: float = 0.1
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1  # mmcv's default; the 12e configs use 0.001
     frames_per_batch: int = 2
     seed: int = 0
 
@@ -96,13 +109,33 @@ class DarthConfig:
             channel_swap_prob=self.channel_swap_prob * min(k, 1.0),
         )
 
+    def batch_ratio(self, workers: int = 1) -> float:
+        """Total frames per step (frames_per_batch x workers) over base_batch_size; 1 without scale_to_batch."""
+        return self.frames_per_batch * workers / self.base_batch_size if self.scale_to_batch else 1.0
+
     def scaled_lr(self, workers: int = 1) -> float:
         """The optimiser's lr for `workers` data-parallel workers of frames_per_batch frames each."""
-        return self.lr * self.frames_per_batch * workers / self.base_batch_size
+        return self.lr * self.batch_ratio(workers)
+
+    def scaled_ema_momentum(self, workers: int = 1) -> float:
+        """The teacher's EMA momentum per step: one step of B frames moves the teacher as far as B / base_batch_size
+        steps of the published batch."""
+        ratio = self.batch_ratio(workers)
+        return self.ema_momentum if ratio == 1 else 1.0 - (1.0 - self.ema_momentum) ** ratio  # m exactly as given
+
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """lr multiplier at 0-based `step`: mmcv's step policy (by epoch) times its linear warm-up (by iteration)."""
+        factor = self.lr_gamma ** sum(step // steps_per_epoch >= e for e in self.lr_steps)
+        if step < self.warmup_iters:
+            factor *= 1.0 - (1.0 - step / self.warmup_iters) * (1.0 - self.warmup_ratio)
+        return factor
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DarthConfig":
         """Build from a plain dict (Ray Tune's config); unknown keys raise ValueError."""
+        if "target_size" in d:  # a field of older versions, with other semantics: not mapped silently
+            raise ValueError("target_size was replaced by img_scale: views now resize to fit img_scale (w, h) "
+                             "keeping the ratio and crop to at most it, and are padded to the batch maximum")
         return dataclass_from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,9 +178,13 @@ def _problems(c: DarthConfig) -> list[str]:
     in_range("channel_swap_prob", 0.0, 1.0)
     in_range("brightness_delta", 0.0, 255.0)
     in_range("hue_delta", 0.0, 180.0)
-    ts = c.target_size
-    if ts is not None and not (isinstance(ts, tuple) and len(ts) == 2 and all(integer(x) and x > 0 for x in ts)):
-        p.append(f"target_size must be None or (w, h) of positive ints, got {ts!r}")
+    for name in ("img_scale", "frame_size"):
+        size = getattr(c, name)
+        if size is not None and not (isinstance(size, tuple) and len(size) == 2
+                                     and all(integer(x) and x > 0 for x in size)):
+            p.append(f"{name} must be None or (w, h) of positive ints, got {size!r}")
+    if c.photometric_impl not in PHOTOMETRIC_IMPLS:
+        p.append(f"photometric_impl must be one of {', '.join(PHOTOMETRIC_IMPLS)}, got {c.photometric_impl!r}")
 
     for name in ("rpn_weight", "roi_weight", "contrastive_weight"):
         in_range(name, 0.0, math.inf, hi_open=True)
@@ -166,12 +203,16 @@ def _problems(c: DarthConfig) -> list[str]:
             and all(a < b for a, b in zip(steps, steps[1:]))):
         p.append(f"lr_steps must be a tuple of increasing ints >= 1 (epochs), got {steps!r}")
     in_range("lr_gamma", 0.0, 1.0, lo_open=True)
+    if not (integer(c.warmup_iters) and c.warmup_iters >= 0):
+        p.append(f"warmup_iters must be an int >= 0, got {c.warmup_iters!r}")
+    in_range("warmup_ratio", 0.0, 1.0, lo_open=True)
     if not (integer(c.base_batch_size) and c.base_batch_size >= 1):
         p.append(f"base_batch_size must be an int >= 1, got {c.base_batch_size!r}")
     if not (integer(c.frames_per_batch) and c.frames_per_batch >= 1):
         p.append(f"frames_per_batch must be an int >= 1, got {c.frames_per_batch!r}")
-    if not isinstance(c.target_bn_stats, bool):
-        p.append(f"target_bn_stats must be true or false, got {c.target_bn_stats!r}")
+    for name in ("target_bn_stats", "scale_to_batch"):
+        if not isinstance(getattr(c, name), bool):
+            p.append(f"{name} must be true or false, got {getattr(c, name)!r}")
     if not (integer(c.seed) and c.seed >= 0):
         p.append(f"seed must be an int >= 0, got {c.seed!r}")
     return p

@@ -1,6 +1,6 @@
 """DARTH in one step (Segu et al., ICCV 2023): a student QDTrack learns from its EMA teacher on unlabeled frames.
 
-For a batch of target frames:
+For a batch of target frames (first resized to config.frame_size, if set):
 1. the teacher detects on the plain frames; boxes with score > conf_thr become pseudo-instances 1..N;
 2. three views: teacher (flip/scale/crop), student (the same geometry + photometric distortion), contrastive
    (an independent flip/scale/crop/photometric);
@@ -9,7 +9,8 @@ For a batch of target frames:
    - RoI consistency: both RoI heads on the teacher's proposals;
    - patch contrastive: QDTrack's track losses, student view as key frame, contrastive view as reference,
      positives given by the shared pseudo-instance ids (frames without pseudo-boxes are left out);
-4. SGD step on the student, then teacher = (1 - m) * teacher + m * student.
+4. SGD step on the student, then teacher = (1 - m) * teacher + m * student (lr and m follow the batch rule of
+   DarthConfig.scale_to_batch).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import dataclasses
 from typing import Callable
 
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from darth_ray.adapt.bn_stats import estimate_bn_statistics
@@ -53,6 +55,7 @@ class Darth:
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.params, lr=config.scaled_lr(workers), momentum=config.momentum,
                                          weight_decay=config.weight_decay)
+        self.ema_momentum = config.scaled_ema_momentum(workers)
         self.grad_sync = grad_sync
         # Pad views with the pixel mean so padding is zero after normalisation, as the detector pads.
         mean = self.student.config.pixel_mean
@@ -73,9 +76,18 @@ class Darth:
         detections = self.teacher.detect(feats, self.teacher.proposals(feats, logits, deltas, sizes), sizes)
         return [d["boxes"][d["scores"] > self.config.conf_thr] for d in detections]
 
+    def plain_frames(self, frames: Tensor) -> Tensor:
+        """``frames`` resized to config.frame_size (w, h), ratio not kept (the authors' loader); as given if None."""
+        size = self.config.frame_size
+        if size is None or tuple(frames.shape[-2:]) == (size[1], size[0]):
+            return frames
+        return TF.resize(frames, [size[1], size[0]], antialias=False)
+
     def losses(self, frames: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         cfg, student, teacher = self.config, self.student, self.teacher
-        views = build_views(frames, self.pseudo_labels(frames), cfg, generator, fill=self.fill)
+        frames = self.plain_frames(frames)
+        views = build_views(frames, self.pseudo_labels(frames), cfg, generator, fill=self.fill,
+                            model_scale=student.config.test_scale)
         b = len(frames)
 
         with torch.no_grad():
@@ -84,26 +96,30 @@ class Darth:
             t_proposals = teacher.proposals(t_feats, t_logits, t_deltas, views.teacher_sizes)
             t_cls, t_box = teacher.roi_head(t_feats, t_proposals)
 
-        # Student and contrastive views share one student forward.
-        s_feats = student.features(student.normalize(torch.cat([views.student, views.contrastive]),
-                                                     views.teacher_sizes + views.contrastive_sizes))
+        # Student and contrastive views are separate batches, each padded to its own largest view (as the authors'
+        # collate pads them): the student's canvas is the teacher's, so RPN outputs align anchor by anchor.
+        s_feats = student.features(student.normalize(views.student, views.teacher_sizes))
         s_logits, s_deltas = student.rpn_head(s_feats)
-        key = lambda xs: [x[:b] for x in xs]
-        loss_rpn = rpn_consistency_loss(key(s_logits), key(s_deltas), t_logits, t_deltas)
-        s_cls, s_box = student.roi_head(key(s_feats), t_proposals)
+        loss_rpn = rpn_consistency_loss(s_logits, s_deltas, t_logits, t_deltas)
+        s_cls, s_box = student.roi_head(s_feats, t_proposals)
         loss_roi = roi_consistency_loss(s_cls, s_box, t_cls, t_box)
 
-        # Patch contrastive: only frames whose pseudo-instances survive in both views.
-        keep = [i for i in range(b) if len(views.teacher_ids[i]) and len(views.contrastive_ids[i])]
+        # Patch contrastive: frames whose student view has pseudo-boxes (boxes are never cropped away, so the
+        # contrastive view has the same ones).
+        keep = [i for i in range(b) if len(views.teacher_ids[i])]
         if keep:
-            proposals = student.proposals(s_feats, s_logits, s_deltas, views.teacher_sizes + views.contrastive_sizes)
-            key_samples = [assign_and_sample(proposals[i], views.teacher_boxes[i], views.teacher_ids[i],
+            c_feats = student.features(student.normalize(views.contrastive[keep],
+                                                          [views.contrastive_sizes[i] for i in keep]))
+            c_proposals = student.proposals(c_feats, *student.rpn_head(c_feats),
+                                            [views.contrastive_sizes[i] for i in keep])
+            s_proposals = student.proposals(s_feats, s_logits, s_deltas, views.teacher_sizes)
+            key_samples = [assign_and_sample(s_proposals[i], views.teacher_boxes[i], views.teacher_ids[i],
                                              generator=generator) for i in keep]
-            ref_samples = [assign_and_sample(proposals[b + i], views.contrastive_boxes[i], views.contrastive_ids[i],
-                                             generator=generator) for i in keep]
-            rows = keep + [b + i for i in keep]
-            embeds = student.embed([f[rows] for f in s_feats], [s.boxes for s in key_samples + ref_samples])
-            track = track_losses(embeds[:len(keep)], key_samples, embeds[len(keep):], ref_samples)
+            ref_samples = [assign_and_sample(c_proposals[j], views.contrastive_boxes[i], views.contrastive_ids[i],
+                                             generator=generator) for j, i in enumerate(keep)]
+            key_embeds = student.embed([f[keep] for f in s_feats], [s.boxes for s in key_samples])
+            ref_embeds = student.embed(c_feats, [s.boxes for s in ref_samples])
+            track = track_losses(key_embeds, key_samples, ref_embeds, ref_samples)
             loss_contrastive = track["loss_track"] + track["loss_track_aux"]
         else:
             loss_contrastive = s_feats[0].sum() * 0.0  # keeps the graph connected for DDP-style gradient sync
@@ -122,7 +138,7 @@ class Darth:
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
-        ema_update(self.teacher, self.student, self.config.ema_momentum)
+        ema_update(self.teacher, self.student, self.ema_momentum)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def state_dict(self) -> dict:

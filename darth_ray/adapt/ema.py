@@ -1,8 +1,9 @@
 """The DARTH teacher: an exponential moving average of the student (the student's frozen parts are set by its
 model config, see `darth.student_from_source`).
 
-teacher = (1 - m) * teacher + m * student after every step (m = 0.002), for parameters and floating-point buffers
-(BatchNorm running mean/var); integer buffers (num_batches_tracked) are copied.
+teacher = (1 - m) * teacher + m * student after every step (m = 0.002 for the published 16 frames per step; DARTH
+passes DarthConfig.scaled_ema_momentum for its batch), for parameters and floating-point buffers (BatchNorm running
+mean/var); integer buffers (num_batches_tracked) are copied.
 """
 from __future__ import annotations
 

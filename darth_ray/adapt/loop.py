@@ -46,10 +46,9 @@ class AdaptationRun:
         self.steps_per_epoch = steps_per_epoch or max(1, len(frames) // config.frames_per_batch)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.step = 0
-        # lr x gamma at each epoch in lr_steps (mmdet's step policy, counted in epochs)
+        # mmcv's step policy (lr x gamma at each epoch in lr_steps) with its linear warm-up
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.darth.optimizer,
-            lambda s: config.lr_gamma ** sum(s // self.steps_per_epoch >= e for e in config.lr_steps))
+            self.darth.optimizer, lambda s: config.lr_factor(s, self.steps_per_epoch))
 
     @property
     def epoch(self) -> int:

@@ -1,21 +1,28 @@
 """The three DARTH views of a batch of frames, built on tensors on the frames' device.
 
-- teacher:     random flip + keep-ratio resize (scale jitter around the target size) + random crop of the frame;
+- teacher:     random flip + keep-ratio resize (scale jitter) + random crop of the frame;
 - student:     the teacher view + photometric distortion (identical geometry, so outputs align anchor by anchor);
 - contrastive: an independent flip / resize / crop / photometric distortion of the frame.
 
-Geometry is mmdet's Resize(keep_ratio, ratio_range) + RandomCrop(target size) + RandomFlip: the frame is resized by
-``factor`` (scale jitter x the factor that fits the frame into the target size), cropped to at most the target size
-at an integer offset, and flipped. A view of size (h, w) sits at the top left of the (target_h, target_w) output and
-the rest is ``fill`` (mmdet pads after the crop and the photometric distortion). Coordinates are continuous pixels
-(pixel i covers [i, i + 1)), so boxes map exactly as x * scaled_w / W - crop_x. Pseudo-boxes are clipped to the view
-and kept only if at least ``MIN_VISIBLE_SIZE`` pixels wide and high and at least ``MIN_VISIBLE_FRACTION`` of their
-area stays inside: a box that leaves the crop loses its match between views.
+Geometry is the authors' (mattiasegu/darth, mmtrack 0.14): SeqRandomFlip, SeqResize(img_scale, ratio_range,
+keep_ratio) and SeqRandomCrop(crop_size=img_scale), all with bbox_clip_border=False. The jittered scale
+int(img_scale x ratio) is fitted keeping the frame's ratio (mmcv.rescale_size: long edge to its longer side, short
+edge to its shorter side); the resized frame is cropped to at most img_scale at a uniform integer offset, and
+flipped. (mmtrack flips before resizing; with a uniform crop offset that is the same distribution of views.)
+Coordinates are continuous pixels (pixel i covers [i, i + 1)), so boxes map exactly as x * scaled_w / W - crop_x.
+Pseudo-boxes are never clipped: a box that leaves the crop keeps its unclipped coordinates and its id, and only
+degenerate boxes (x2 <= x1 or y2 <= y1) are dropped, so every pseudo-instance matches between the views.
 
-The photometric distortion (brightness, contrast, saturation, hue, channel swap, each as mmdet's) is one affine
-colour map ``A @ rgb + b`` per view (darth_ray/data/photometric.py).
+Each view of size (h, w) sits at the top left of its batch's canvas: teacher and student views share one canvas
+of the largest teacher view's size, the contrastive views another (the authors collate each batch separately and
+pad it to its largest image); the rest is ``fill``. The network pads to a multiple of 32 (QDTrack.normalize).
 
-Speed (benchmarks/bench_views.py): uint8 throughout except the colour map, computed in cache-sized row chunks;
+The photometric distortion (darth_ray/data/photometric.py) is mmtrack's SeqPhotoMetricDistortion in float32,
+unclipped (``photometric_impl="mmtrack"``, the default: student and contrastive views are float32), or the fast
+affine colour map on uint8 (``"affine"``: all views uint8). Resizing runs on uint8 (bilinear without antialiasing,
+within a grey level of cv2 on the authors' float32 frames).
+
+Speed (benchmarks/bench_views.py): uint8 geometry; the photometric distortion is computed in cache-sized row chunks;
 only the crop is copied out of the resized frame. On CPU, frames are packed once into 4-byte RGBX pixels (the layout
 torch's uint8 resize kernel works in) in buffers kept between calls, since first-touching fresh memory is expensive
 here, and the ops run on one thread (see ``_one_intra_op_thread``; building the views in parallel Python threads
@@ -26,31 +33,29 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from darth_ray.adapt.config import AugmentationRanges, DarthConfig
-from darth_ray.data.photometric import apply_colour, colour_transform
-
-MIN_VISIBLE_SIZE = 2.0  # pixels, width and height of the clipped box
-MIN_VISIBLE_FRACTION = 0.25  # of the box's area inside the view
+from darth_ray.data.photometric import PHOTOMETRIC_DRAWS, affine_map, apply_colour, distort, draw_distortion
 
 # Columns of the per-image uniform draws (one torch.rand call per batch keeps results reproducible).
 _GEOMETRY_DRAWS = 4  # flip, scale, crop x, crop y
-_COLOUR_DRAWS = 12  # brightness on/value, contrast on/value, saturation on/value, hue on/value, swap on + 3 keys
-_DRAWS = 2 * (_GEOMETRY_DRAWS + _COLOUR_DRAWS)
+_DRAWS = 2 * (_GEOMETRY_DRAWS + PHOTOMETRIC_DRAWS)
+
+Distort = Callable[[Tensor, Tensor], object]  # (uint8 view [3, h, w], out [3, h, w]) -> writes the distorted view
 
 
 @dataclass
 class Views:
     teacher: Tensor  # [B, 3, th, tw] uint8 RGB
-    student: Tensor  # [B, 3, th, tw] uint8 RGB: teacher geometry + photometric distortion
-    contrastive: Tensor  # [B, 3, th, tw] uint8 RGB
-    teacher_boxes: list[Tensor]  # per image [N_i, 4] x1y1x2y2 in the teacher (= student) view
-    contrastive_boxes: list[Tensor]  # per image [M_i, 4] in the contrastive view
+    student: Tensor  # [B, 3, th, tw] RGB, float32 ("mmtrack") or uint8 ("affine"): teacher geometry + photometric
+    contrastive: Tensor  # [B, 3, ch, cw] RGB, same dtype as student
+    teacher_boxes: list[Tensor]  # per image [N_i, 4] x1y1x2y2 in the teacher (= student) view, unclipped
+    contrastive_boxes: list[Tensor]  # per image [M_i, 4] in the contrastive view, unclipped
     teacher_ids: list[Tensor]  # per image [N_i] int64 pseudo-instance ids (1-based index into pseudo_boxes)
     contrastive_ids: list[Tensor]  # per image [M_i] int64, same ids as the teacher view
     teacher_sizes: list[tuple[int, int]]  # per image (h, w) of the view's content; the rest is padding
@@ -76,41 +81,46 @@ def build_views(
     config: DarthConfig,
     generator: torch.Generator,
     fill: float | tuple[float, float, float] = 0.0,
+    model_scale: tuple[int, int] | None = None,
 ) -> Views:
     """Teacher, student and contrastive views of ``frames`` [B, 3, H, W] uint8 RGB.
 
     ``pseudo_boxes[i]`` [N_i, 4] are x1y1x2y2 in frame coordinates; their ids are 1..N_i in both views.
     Random parameters come from ``generator`` only. ``fill`` is the RGB padding value (pass the detector's pixel
-    mean to make padding zero after normalisation, as mmdet and torchvision pad normalised images).
+    mean to make padding zero after normalisation). ``model_scale`` (w, h): the scale used when config.img_scale
+    is None (the model's own); None = the frame size.
     """
     if frames.dtype != torch.uint8 or frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be uint8 [B, 3, H, W], got {frames.dtype} {tuple(frames.shape)}")
     num_frames, _, frame_h, frame_w = frames.shape
     if len(pseudo_boxes) != num_frames:
         raise ValueError(f"got {len(pseudo_boxes)} pseudo-box tensors for {num_frames} frames")
-    target_w, target_h = config.target_size or (frame_w, frame_h)
+    scale = config.img_scale or model_scale or (frame_w, frame_h)
     ranges = config.effective_ranges()
 
     draws = torch.rand(num_frames, _DRAWS, generator=generator, device=generator.device).cpu().double()
     teacher_geo, student_colour, contrastive_geo, contrastive_colour = draws.split(
-        [_GEOMETRY_DRAWS, _COLOUR_DRAWS, _GEOMETRY_DRAWS, _COLOUR_DRAWS], dim=1)
+        [_GEOMETRY_DRAWS, PHOTOMETRIC_DRAWS, _GEOMETRY_DRAWS, PHOTOMETRIC_DRAWS], dim=1)
     # Rows 0..B-1: teacher geometry + student colours; rows B..2B-1: contrastive geometry + colours.
-    geometries = [sample_geometry(u.tolist(), (frame_h, frame_w), (target_h, target_w), ranges)
+    geometries = [sample_geometry(u.tolist(), (frame_h, frame_w), scale, ranges)
                   for u in torch.cat([teacher_geo, contrastive_geo])]
-    colours = [colour_transform(u.tolist(), ranges).to(frames.device, torch.float32)
-               for u in torch.cat([student_colour, contrastive_colour])]
+    distortions = [_distortion(u.tolist(), ranges, config.photometric_impl, frames.device)
+                   for u in torch.cat([student_colour, contrastive_colour])]
 
-    fill_rgb = torch.tensor(fill if isinstance(fill, (tuple, list)) else (fill,) * 3).round().clamp(0, 255)
-    fill_rgb = fill_rgb.to(frames.device, torch.uint8).view(3, 1, 1)
-    plain = frames.new_empty(2 * num_frames, 3, target_h, target_w)
-    distorted = torch.empty_like(plain)
+    distorted_dtype = torch.float32 if config.photometric_impl == "mmtrack" else torch.uint8
+    teacher, student = _canvases(geometries[:num_frames], frames, distorted_dtype)
+    contrastive_plain, contrastive = _canvases(geometries[num_frames:], frames, distorted_dtype)
+    plain_rows, distorted_rows = [*teacher, *contrastive_plain], [*student, *contrastive]
+    fill_rgb = torch.tensor(fill if isinstance(fill, (tuple, list)) else (fill,) * 3, device=frames.device)
+    fills = {torch.uint8: fill_rgb.round().clamp(0, 255).to(torch.uint8).view(3, 1, 1),
+             torch.float32: fill_rgb.float().view(3, 1, 1)}
     with _one_intra_op_thread(frames.device):
         sources = [resizable(frame, _packing_workspace(i, frames)) for i, frame in enumerate(frames)]
         for row, geo in enumerate(geometries):
-            render(sources[row % num_frames], geo, colours[row], plain[row], distorted[row])
-            for canvas in (plain[row], distorted[row]):
-                canvas[:, geo.out_h:, :] = fill_rgb
-                canvas[:, :geo.out_h, geo.out_w:] = fill_rgb
+            render(sources[row % num_frames], geo, distortions[row], plain_rows[row], distorted_rows[row])
+            for canvas in (plain_rows[row], distorted_rows[row]):
+                canvas[:, geo.out_h:, :] = fills[canvas.dtype]
+                canvas[:, :geo.out_h, geo.out_w:] = fills[canvas.dtype]
 
     boxes, ids = [], []
     for row, geo in enumerate(geometries):
@@ -119,9 +129,25 @@ def build_views(
         ids.append(torch.arange(1, keep.shape[0] + 1, device=keep.device)[keep])
     sizes = [(geo.out_h, geo.out_w) for geo in geometries]
     b = num_frames
-    return Views(teacher=plain[:b], student=distorted[:b], contrastive=distorted[b:],
+    return Views(teacher=teacher, student=student, contrastive=contrastive,
                  teacher_boxes=boxes[:b], contrastive_boxes=boxes[b:], teacher_ids=ids[:b], contrastive_ids=ids[b:],
                  teacher_sizes=sizes[:b], contrastive_sizes=sizes[b:])
+
+
+def _distortion(u: list[float], ranges: AugmentationRanges, impl: str, device: torch.device) -> Distort:
+    """The photometric distortion drawn from ``u`` with implementation ``impl`` (DarthConfig.photometric_impl)."""
+    drawn = draw_distortion(u, ranges)
+    if impl == "mmtrack":
+        return lambda view, out: distort(view, drawn, out=out)
+    colour = affine_map(drawn).to(device, torch.float32)
+    return lambda view, out: apply_colour(view, colour, out=out)
+
+
+def _canvases(geometries: list[Geometry], frames: Tensor, distorted_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Plain (uint8) and distorted canvases [n, 3, h, w] of the largest view's size."""
+    height, width = max(g.out_h for g in geometries), max(g.out_w for g in geometries)
+    plain = frames.new_empty(len(geometries), 3, height, width)
+    return plain, torch.empty(plain.shape, dtype=distorted_dtype, device=frames.device)
 
 
 def match_indices(views: Views, i: int) -> tuple[Tensor, Tensor]:
@@ -131,14 +157,16 @@ def match_indices(views: Views, i: int) -> tuple[Tensor, Tensor]:
     return student_idx, contrastive_idx
 
 
-def sample_geometry(u: list[float], frame_hw: tuple[int, int], target_hw: tuple[int, int],
+def sample_geometry(u: list[float], frame_hw: tuple[int, int], scale_wh: tuple[int, int],
                     ranges: AugmentationRanges) -> Geometry:
-    """``u`` = 4 uniforms in [0, 1): flip, scale, crop x, crop y."""
-    (frame_h, frame_w), (target_h, target_w) = frame_hw, target_hw
+    """``u`` = 4 uniforms in [0, 1): flip, scale, crop x, crop y. ``scale_wh``: img_scale (w, h)."""
+    (frame_h, frame_w), (scale_w, scale_h) = frame_hw, scale_wh
     lo, hi = ranges.scale_range
-    factor = (lo + (hi - lo) * u[1]) * min(target_w / frame_w, target_h / frame_h)
-    scaled_h, scaled_w = max(1, int(frame_h * factor + 0.5)), max(1, int(frame_w * factor + 0.5))  # mmcv rounding
-    out_h, out_w = min(scaled_h, target_h), min(scaled_w, target_w)
+    ratio = lo + (hi - lo) * u[1]
+    jittered = (int(scale_w * ratio), int(scale_h * ratio))  # mmdet's Resize.random_sample_ratio
+    factor = min(max(jittered) / max(frame_h, frame_w), min(jittered) / min(frame_h, frame_w))  # mmcv.rescale_size
+    scaled_h, scaled_w = max(1, int(frame_h * factor + 0.5)), max(1, int(frame_w * factor + 0.5))
+    out_h, out_w = min(scaled_h, scale_h), min(scaled_w, scale_w)
     crop_y = min(int(u[3] * (scaled_h - out_h + 1)), scaled_h - out_h)
     crop_x = min(int(u[2] * (scaled_w - out_w + 1)), scaled_w - out_w)
     return Geometry(scaled_h=scaled_h, scaled_w=scaled_w, crop_y=crop_y, crop_x=crop_x, out_h=out_h, out_w=out_w,
@@ -169,9 +197,9 @@ def resizable(frame: Tensor, workspace: tuple[Tensor, Tensor] | None = None) -> 
     return pixels.unsqueeze(-1).view(torch.uint8).permute(2, 0, 1)  # [4, H, W]
 
 
-def render(source: Tensor, geo: Geometry, colour: Tensor, plain: Tensor, distorted: Tensor) -> None:
+def render(source: Tensor, geo: Geometry, distortion: Distort, plain: Tensor, distorted: Tensor) -> None:
     """Write the view of ``source`` (a ``resizable`` frame) into the top-left (out_h, out_w) of ``plain``
-    [3, th, tw], and its colour-mapped copy (``colour`` [3, 4]) into ``distorted``."""
+    [3, th, tw], and its photometrically distorted copy into ``distorted``."""
     resized = source
     if source.shape[-2:] != (geo.scaled_h, geo.scaled_w):
         # Bilinear without antialiasing is mmcv's imresize (cv2 INTER_LINEAR, within 1 grey level): the
@@ -189,24 +217,18 @@ def render(source: Tensor, geo: Geometry, colour: Tensor, plain: Tensor, distort
     else:
         crop = resized[:, rows, cols]
         view.copy_(crop.flip(-1) if geo.flip else crop)
-    apply_colour(view, colour, out=distorted[:, :geo.out_h, :geo.out_w])
+    distortion(view, distorted[:, :geo.out_h, :geo.out_w])
 
 
 def map_boxes(boxes: Tensor, geo: Geometry, frame_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Frame-coordinate boxes [N, 4] -> (view boxes clipped to the view [N, 4], keep mask [N])."""
+    """Frame-coordinate boxes [N, 4] -> (view boxes [N, 4], unclipped; keep mask [N]: not degenerate)."""
     scale_x, scale_y = geo.scaled_w / frame_hw[1], geo.scaled_h / frame_hw[0]
     mapped = boxes.float() * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y], dtype=torch.float32)
     mapped = mapped - boxes.new_tensor([geo.crop_x, geo.crop_y, geo.crop_x, geo.crop_y], dtype=torch.float32)
     if geo.flip:
         mapped = torch.stack([geo.out_w - mapped[:, 2], mapped[:, 1], geo.out_w - mapped[:, 0], mapped[:, 3]], dim=1)
-    full_area = (mapped[:, 2] - mapped[:, 0]).clamp(min=0) * (mapped[:, 3] - mapped[:, 1]).clamp(min=0)
-    clipped = torch.stack([mapped[:, 0].clamp(0, geo.out_w), mapped[:, 1].clamp(0, geo.out_h),
-                           mapped[:, 2].clamp(0, geo.out_w), mapped[:, 3].clamp(0, geo.out_h)], dim=1)
-    width = clipped[:, 2] - clipped[:, 0]
-    height = clipped[:, 3] - clipped[:, 1]
-    keep = ((width >= MIN_VISIBLE_SIZE) & (height >= MIN_VISIBLE_SIZE)
-            & (width * height >= MIN_VISIBLE_FRACTION * full_area))
-    return clipped, keep
+    keep = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])  # mmtrack's only filter without clipping
+    return mapped, keep
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 from darth_ray.data.mot import Sequence
@@ -22,10 +22,12 @@ from darth_ray.models.tracker import QuasiDenseTracker
 log = logging.getLogger(__name__)
 
 
-def resize_factor(height: int, width: int, max_size: int | None) -> float:
-    """Keep-ratio factor that fits the frame into max_size x max_size (mmdet's Resize(scale=(s, s), keep_ratio));
-    1.0 when max_size is None."""
-    return 1.0 if max_size is None else min(max_size / max(height, width), max_size / min(height, width))
+def resize_factor(height: int, width: int, scale: tuple[int, int] | None) -> float:
+    """Keep-ratio factor that fits the frame into ``scale`` (w, h): long edge into its longer side, short edge into
+    its shorter side (mmcv.rescale_size, mmdet's Resize(keep_ratio=True)); 1.0 when scale is None."""
+    if scale is None:
+        return 1.0
+    return min(max(scale) / max(height, width), min(scale) / min(height, width))
 
 
 @torch.no_grad()
@@ -33,17 +35,18 @@ def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None,
                      embedder=None) -> list[dict[str, torch.Tensor]]:
     """Detections + track embeddings for a batch of uint8 RGB frames [B, 3, H, W] (all the same size).
 
+    Frames are resized to fit the model's test_scale (or ``max_size`` x ``max_size`` when given) keeping their
+    ratio, on uint8 with bilinear interpolation without antialiasing (mmdet's test pipeline, cv2 INTER_LINEAR).
     ``embedder``: another QDTrack whose track head embeds ``model``'s detections (None = ``model`` itself), to
     tell the detector's share of a tracking result from the embeddings' share.
     Returns per frame {"boxes" [N, 4] x1y1x2y2 in frame pixels, "scores" [N], "embeds" [N, D]}.
     """
     frames = frames.to(next(model.parameters()).device)
     height, width = frames.shape[-2:]
-    factor = resize_factor(height, width, max_size)
-    images = frames.float()
-    if factor != 1.0:
-        size = (round(height * factor), round(width * factor))
-        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+    factor = resize_factor(height, width, (max_size, max_size) if max_size is not None else model.config.test_scale)
+    size = (int(height * factor + 0.5), int(width * factor + 0.5))  # mmcv's rounding
+    images = frames if size == (height, width) else TF.resize(frames, list(size), antialias=False)
+    images = images.float()
     image_sizes = [tuple(images.shape[-2:])] * len(images)
     feats = model.features(model.normalize(images))
     logits, deltas = model.rpn_head(feats)

@@ -35,6 +35,9 @@ class ModelConfig:
     pixel_mean: tuple[float, float, float] = (103.53, 116.28, 123.675)
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     size_divisor: int = 32
+    # Evaluation resizes each frame to fit this (w, h) keeping its ratio (mmdet's test pipeline; 1920x1080 ->
+    # 1088x612); DARTH's views use it too unless DarthConfig.img_scale is set. None = the native frame.
+    test_scale: tuple[int, int] | None = (1088, 1088)
 
     fpn_channels: int = 256
 
@@ -95,7 +98,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        """Inverse of dataclasses.asdict (e.g. from a checkpoint); unknown fields raise ValueError."""
+        """Inverse of dataclasses.asdict (e.g. from a checkpoint); unknown fields raise ValueError. A checkpoint
+        written before test_scale existed gets its named configuration's (a `small` one keeps the native frame)."""
+        if "test_scale" not in d and d.get("name") in _CONFIGS:
+            d = {**d, "test_scale": _CONFIGS[d["name"]].test_scale}
         return dataclass_from_dict(cls, d)
 
 
@@ -127,6 +133,9 @@ def _problems(c: ModelConfig) -> list[str]:
     check(isinstance(c.pixel_std, tuple) and all(number(x) and x > 0 for x in c.pixel_std),
           f"pixel_std must be positive, got {c.pixel_std!r}")
     check(positive_int(c.size_divisor), f"size_divisor must be a positive int, got {c.size_divisor!r}")
+    check(c.test_scale is None or (isinstance(c.test_scale, tuple) and len(c.test_scale) == 2
+                                   and all(positive_int(x) for x in c.test_scale)),
+          f"test_scale must be None or (w, h) of positive ints, got {c.test_scale!r}")
     check(positive_int(c.fpn_channels), f"fpn_channels must be a positive int, got {c.fpn_channels!r}")
     for name in ("anchor_scales", "anchor_ratios"):
         v = getattr(c, name)
@@ -184,6 +193,7 @@ SMALL = ModelConfig(
     input_bgr=False,
     pixel_mean=(123.675, 116.28, 103.53),
     pixel_std=(58.395, 57.12, 57.375),
+    test_scale=None,  # trains, adapts and evaluates at the embedded benchmark's native 320x192
     fpn_channels=64,
     # Sizes 12/24/48/96/192, tall ratios: a person 12-60 px tall (w ~0.4 h) has a best anchor with IoU ~0.35-0.5
     # wherever it sits on the grid (mmdet's scale 8 gives 0.05-0.3 below 30 px); low-quality matching does the rest.
