@@ -158,7 +158,7 @@ def _adapt(args: argparse.Namespace) -> None:
 def _convert_mmtrack(args: argparse.Namespace) -> None:
     from darth_ray.models.convert_mmtrack import convert_mmtrack_checkpoint
 
-    print(f"wrote {convert_mmtrack_checkpoint(args.input, args.output)}")
+    print(f"wrote {convert_mmtrack_checkpoint(args.input, args.output, take=args.take, config=args.config)}")
 
 
 def _config_show(args: argparse.Namespace) -> None:
@@ -284,10 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=_config_show)
 
-    p = sub.add_parser("convert-mmtrack", help="import an mmtrack 0.14 QDTrack checkpoint (r50_fpn)",
-                       description="Every source key is consumed and every model key filled; shapes are checked.")
-    p.add_argument("input", type=Path, help="mmtrack checkpoint (.pth)")
+    p = sub.add_parser("convert-mmtrack", help="import an mmtrack 0.14 QDTrack or DARTH checkpoint (r50_fpn)",
+                       description="Every source key is consumed and every model key filled; shapes are checked. "
+                                   "DARTH's adapted checkpoints hold a student and an EMA teacher (--take).")
+    p.add_argument("input", type=Path, help="mmtrack QDTrack or DARTH checkpoint (.pth)")
     p.add_argument("output", type=Path, help="darth_ray checkpoint to write (.pt)")
+    p.add_argument("--take", choices=("student", "teacher"), default="student",
+                   help="which network of a DARTH checkpoint (student: what the authors evaluate)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="the mmtrack config the checkpoint was trained with: its ResNet style, input normalisation "
+                        "and classes (needed for the pytorch-style, ImageNet-normalised SHIFT/BDD100K models; "
+                        "default: r50_fpn, MOT17/DanceTrack's caffe-style BGR model)")
     p.set_defaults(handler=_convert_mmtrack)
     return parser
 

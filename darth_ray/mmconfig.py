@@ -696,3 +696,18 @@ def _training(w: _Walker, out: ResolvedConfig) -> dict:
         training["img_scale"] = tuple(resize.get("img_scale"))
         training["scale_range"] = tuple(resize.get("ratio_range", (1.0, 1.0)))
     return training
+
+
+def model_config_from_file(path: str | Path):
+    """The ModelConfig an mmtrack config file describes (r50_fpn overridden field by field), and its class list."""
+    import dataclasses
+
+    from darth_ray.models.config import R50_FPN, ModelConfig
+
+    resolved = read_config(path)
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.model.items() if k in fields}
+    config = dataclasses.replace(R50_FPN, **values)
+    if config != R50_FPN:
+        config = dataclasses.replace(config, name=Path(path).stem)
+    return config, list(resolved.model.get("classes") or [])
