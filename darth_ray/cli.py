@@ -6,6 +6,7 @@
     darth-ray track        run a checkpoint + QuasiDenseTracker over sequences, write MOTChallenge results
     darth-ray adapt        DARTH test-time adaptation of a source checkpoint on unlabeled target sequences
     darth-ray convert-mmtrack  import an mmtrack 0.14 QDTrack checkpoint into the r50_fpn model
+    darth-ray config show  the darth_ray configuration an mmtrack/DARTH config file resolves to
 
 Heavy modules (torch, ray) are imported inside the handlers so `--help` answers at once. Bad input ends with
 one line naming the file and line, and exit code 2.
@@ -157,7 +158,23 @@ def _adapt(args: argparse.Namespace) -> None:
 def _convert_mmtrack(args: argparse.Namespace) -> None:
     from darth_ray.models.convert_mmtrack import convert_mmtrack_checkpoint
 
-    print(f"wrote {convert_mmtrack_checkpoint(args.input, args.output)}")
+    print(f"wrote {convert_mmtrack_checkpoint(args.input, args.output, take=args.take, config=args.config)}")
+
+
+def _config_show(args: argparse.Namespace) -> None:
+    import json
+
+    from darth_ray.mmconfig import read_config
+
+    resolved = read_config(args.config).to_dict()
+    if args.json:
+        print(json.dumps(resolved, indent=2))
+        return
+    print(f"{resolved.pop('config')} ({resolved.pop('kind')} config)")
+    for section, values in resolved.items():
+        print(f"\n[{section}]")
+        for key, value in values.items():
+            print(f"  {key} = {json.dumps(value) if not isinstance(value, str) else value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,10 +273,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracker_options(p)
     p.set_defaults(handler=_adapt)
 
-    p = sub.add_parser("convert-mmtrack", help="import an mmtrack 0.14 QDTrack checkpoint (r50_fpn)",
-                       description="Every source key is consumed and every model key filled; shapes are checked.")
-    p.add_argument("input", type=Path, help="mmtrack checkpoint (.pth)")
+    p = sub.add_parser("config", help="read the DARTH authors' mmtrack config files",
+                       description="`config show --config FILE`: the darth_ray configuration an mmtrack/mmcv config "
+                                   "file (QDTrack source training or DARTH adapter, with its _base_ chain) resolves "
+                                   "to: sections model, darth or training, tracker, data, and the keys ignored with "
+                                   "why. A key darth_ray cannot honour is an error naming the file and the key.")
+    config_sub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the resolved configuration without running anything")
+    show.add_argument("--config", type=Path, required=True, help="an mmtrack config file (.py)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_config_show)
+
+    p = sub.add_parser("convert-mmtrack", help="import an mmtrack 0.14 QDTrack or DARTH checkpoint (r50_fpn)",
+                       description="Every source key is consumed and every model key filled; shapes are checked. "
+                                   "DARTH's adapted checkpoints hold a student and an EMA teacher (--take).")
+    p.add_argument("input", type=Path, help="mmtrack QDTrack or DARTH checkpoint (.pth)")
     p.add_argument("output", type=Path, help="darth_ray checkpoint to write (.pt)")
+    p.add_argument("--take", choices=("student", "teacher"), default="student",
+                   help="which network of a DARTH checkpoint (student: what the authors evaluate)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="the mmtrack config the checkpoint was trained with: its ResNet style, input normalisation "
+                        "and classes (needed for the pytorch-style, ImageNet-normalised SHIFT/BDD100K models; "
+                        "default: r50_fpn, MOT17/DanceTrack's caffe-style BGR model)")
     p.set_defaults(handler=_convert_mmtrack)
     return parser
 

@@ -203,3 +203,39 @@ def test_non_tensor_value(mmtrack_sd):
     sd["detector.rpn_head.rpn_cls.bias"] = [0.0, 0.0, 0.0]
     with pytest.raises(InputError, match="detector.rpn_head.rpn_cls.bias is a list, not a tensor"):
         convert_mmtrack_state_dict(sd)
+
+
+CONFIGS = REFERENCE_DIR.parent / "darth-configs"
+
+
+def _darth_checkpoint(mmtrack_sd, path):
+    """A DARTH adapted checkpoint as the authors' runner saves it: student under QDTrack's names, EMA teacher
+    under teacher_*; here the teacher's weights are the student's + 1, so the two can be told apart."""
+    teacher = {f"teacher_{k}": v + 1 for k, v in mmtrack_sd.items()}
+    torch.save({"meta": {}, "state_dict": {**mmtrack_sd, **teacher}}, path)
+    return path
+
+
+def test_darth_checkpoint_student_by_default_and_teacher_on_request(mmtrack_sd, tmp_path):
+    src = _darth_checkpoint(mmtrack_sd, tmp_path / "darth.pth")
+    key = "detector.rpn_head.rpn_cls.weight"
+    student, extra = load_checkpoint(convert_mmtrack_checkpoint(src, tmp_path / "student.pt"))
+    assert torch.equal(student.state_dict()["rpn.cls_logits.weight"], mmtrack_sd[key])
+    assert extra["converted_from"]["format"] == "mmtrack-0.14 DARTH (student)"
+    teacher, _ = load_checkpoint(convert_mmtrack_checkpoint(src, tmp_path / "teacher.pt", take="teacher"))
+    assert torch.equal(teacher.state_dict()["rpn.cls_logits.weight"], mmtrack_sd[key] + 1)
+    with pytest.raises(InputError, match="not a DARTH one"):
+        convert_mmtrack_state_dict(mmtrack_sd, take="teacher")
+
+
+@pytest.mark.skipif(not CONFIGS.is_dir(), reason="the authors' configs are absent")
+def test_config_gives_the_normalisation_style_and_classes(mmtrack_sd, tmp_path):
+    src = tmp_path / "bdd_ped.pth"
+    torch.save({"state_dict": mmtrack_sd}, src)
+    config = CONFIGS / "adapters" / "darth" / "darth_qdtrack_faster-rcnn_r50_fpn_4e_dancetrack_from_bdd.py"
+    model, extra = load_checkpoint(convert_mmtrack_checkpoint(src, tmp_path / "out.pt", config=config))
+    assert model.config.input_bgr is False and model.config.pixel_std == (58.395, 57.12, 57.375)
+    assert model.config.name == config.stem and extra["classes"] == ["pedestrian"]
+    assert extra["converted_from"]["config"] == str(config)
+    default, extra = load_checkpoint(convert_mmtrack_checkpoint(src, tmp_path / "default.pt"))
+    assert default.config.input_bgr is True and extra["classes"] == ["pedestrian"]

@@ -11,6 +11,8 @@ Key layout of the source (``state_dict`` of mmtrack's QDTrack):
     detector.roi_head.bbox_head.fc_cls.*           -> box_head.cls_score.*     (rows [pedestrian, background])
     detector.roi_head.bbox_head.fc_reg.*           -> box_head.bbox_pred.*     (4 rows, the pedestrian class)
     track_head.embed_head.*                        -> embed_head.*
+DARTH's adapted checkpoints hold the student under these names and the EMA teacher under ``teacher_detector.*`` /
+``teacher_track_head.*``; ``take`` picks one (the student by default, as the authors evaluate it).
 Our box head keeps mmdet's class order and regressor layout (BoxHead), so those two are copied row for row;
 what differs from torchvision's Faster R-CNN is handled by the model (detector.py), not by reordering weights.
 """
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from darth_ray.io import InputError
-from darth_ray.models.config import model_config
+from darth_ray.models.config import R50_FPN, ModelConfig
 from darth_ray.models.qdtrack import QDTrack, save_checkpoint
 
 # (our prefix, mmtrack prefix); the first matching prefix of one of our keys gives its source name.
@@ -43,6 +45,7 @@ _PREFIXES = [
     ("embed_head.", "track_head.embed_head."),
 ]
 EMBED_PREFIX = "track_head.embed_head."
+TEACHER_PREFIX = "teacher_"  # DARTH checkpoints: teacher_detector.*, teacher_track_head.*
 
 
 def _mmtrack_name(key: str) -> str:
@@ -52,10 +55,10 @@ def _mmtrack_name(key: str) -> str:
     raise KeyError(f"no mmtrack name for model key {key}")  # a model change the table was not updated for
 
 
-def _template() -> dict[str, Tensor]:
-    """Our r50_fpn state dict as shapes/dtypes only (built on the meta device: no memory, no init cost)."""
+def _template(config: ModelConfig) -> dict[str, Tensor]:
+    """Our state dict as shapes/dtypes only (built on the meta device: no memory, no init cost)."""
     with torch.device("meta"):
-        return QDTrack(model_config("r50_fpn")).state_dict()
+        return QDTrack(config).state_dict()
 
 
 def _names(keys, n: int = 10) -> str:
@@ -64,15 +67,31 @@ def _names(keys, n: int = 10) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def convert_mmtrack_state_dict(sd: Mapping[str, Any], source: str | os.PathLike = "<state_dict>") -> dict[str, Tensor]:
-    """mmtrack QDTrack state dict (bare, or a checkpoint dict holding it under "state_dict") -> our r50_fpn state
-    dict. Every source key must be consumed and every model key filled with the right shape; otherwise an
-    InputError naming ``source`` and the offending keys."""
+def select_network(sd: Mapping[str, Any], take: str, source: str | os.PathLike) -> Mapping[str, Any]:
+    """A DARTH adapted checkpoint holds two QDTracks: the student (``detector.*``, ``track_head.*``) and the EMA
+    teacher (``teacher_detector.*``, ``teacher_track_head.*``). Keep the one asked for, under QDTrack's names."""
+    if take not in ("student", "teacher"):
+        raise ValueError(f"take must be 'student' or 'teacher', got {take!r}")
+    teacher = {k[len(TEACHER_PREFIX):]: v for k, v in sd.items() if k.startswith(TEACHER_PREFIX)}
+    if not teacher:
+        if take == "teacher":
+            raise InputError(source, "--take teacher: this is a QDTrack checkpoint, not a DARTH one (no "
+                                     "teacher_detector.* keys)")
+        return sd
+    return teacher if take == "teacher" else {k: v for k, v in sd.items() if not k.startswith(TEACHER_PREFIX)}
+
+
+def convert_mmtrack_state_dict(sd: Mapping[str, Any], source: str | os.PathLike = "<state_dict>",
+                               config: ModelConfig = R50_FPN, take: str = "student") -> dict[str, Tensor]:
+    """mmtrack QDTrack or DARTH state dict (bare, or a checkpoint dict holding it under "state_dict") -> our state
+    dict for `config` (r50_fpn by default). Every source key must be consumed and every model key filled with the
+    right shape; otherwise an InputError naming ``source`` and the offending keys."""
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not sd:
         raise InputError(source, "no state dict found (expected a mapping of parameter names to tensors)")
-    template = _template()
+    sd = select_network(sd, take, source)
+    template = _template(config)
     wanted = {_mmtrack_name(k): k for k in template}  # mmtrack name -> our name
 
     problems = []
@@ -124,14 +143,28 @@ def load_torch_file(path: str | os.PathLike) -> Any:
         raise InputError(path, f"not a torch checkpoint ({type(e).__name__}: {e})") from None
 
 
-def convert_mmtrack_checkpoint(in_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Read an mmtrack 0.14 QDTrack checkpoint and atomically write ours (model config r50_fpn). Returns out_path."""
+def convert_mmtrack_checkpoint(in_path: str | os.PathLike, out_path: str | os.PathLike, take: str = "student",
+                               config: str | os.PathLike | None = None) -> Path:
+    """Read an mmtrack 0.14 QDTrack or DARTH checkpoint and atomically write ours. The model is r50_fpn, or what
+    the mmtrack `config` file describes (ResNet style, normalisation, classes: e.g. the pytorch-style, ImageNet-
+    normalised SHIFT/BDD100K models); the checkpoint records the model config and the class list. Returns out_path."""
+    model_cfg, classes = R50_FPN, ["pedestrian"]
+    if config is not None:
+        from darth_ray.mmconfig import model_config_from_file
+
+        try:
+            model_cfg, classes = model_config_from_file(config)
+        except ValueError as e:  # a model darth_ray cannot build yet (e.g. several classes)
+            raise InputError(config, str(e)) from None
     ckpt = load_torch_file(in_path)
-    state = convert_mmtrack_state_dict(ckpt, source=in_path)
-    model = QDTrack(model_config("r50_fpn"))
+    state = convert_mmtrack_state_dict(ckpt, source=in_path, config=model_cfg, take=take)
+    model = QDTrack(model_cfg)
     model.load_state_dict(state, strict=True)
-    save_checkpoint(out_path, model, extra={"converted_from": {"format": "mmtrack-0.14 QDTrack",
-                                                               "path": str(in_path)}})
+    has_teacher = isinstance(ckpt, Mapping) and any(
+        str(k).startswith(TEACHER_PREFIX) for k in (ckpt.get("state_dict", ckpt) or {}))
+    kind = f"DARTH ({take})" if has_teacher else "QDTrack"
+    save_checkpoint(out_path, model, extra={"classes": classes, "converted_from": {
+        "format": f"mmtrack-0.14 {kind}", "path": str(in_path), "config": str(config) if config else None}})
     return Path(out_path)
 
 
