@@ -18,6 +18,9 @@ from darth_ray.io import dataclass_from_dict
 PUBLISHED_PHOTOMETRIC = PhotometricRanges()
 
 MAX_AUG_STRENGTH = 2.0
+# Smallest view side: the detector pads its input to a multiple of 32 (size_divisor, the backbone's C5 stride), so
+# a smaller view would be mostly padding, with less than one cell of the deepest feature map (7x7 -> 32x32).
+MIN_TARGET_SIZE = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +43,7 @@ class DarthConfig:
     saturation_range: tuple[float, float] = PUBLISHED_PHOTOMETRIC.saturation_range
     hue_delta: float = PUBLISHED_PHOTOMETRIC.hue_delta
     channel_swap_prob: float = PUBLISHED_PHOTOMETRIC.channel_swap_prob
-    # Views are cropped (or padded) to this (w, h); None = the frame size.
+    # Views are cropped (or padded) to this (w, h), each side >= MIN_TARGET_SIZE; None = the frame size.
     target_size: tuple[int, int] | None = None
 
     # Losses: total = rpn_weight * rpn + roi_weight * roi + contrastive_weight * track losses.
@@ -146,8 +149,9 @@ def _problems(c: DarthConfig) -> list[str]:
     in_range("brightness_delta", 0.0, 255.0)
     in_range("hue_delta", 0.0, 180.0)
     ts = c.target_size
-    if ts is not None and not (isinstance(ts, tuple) and len(ts) == 2 and all(integer(x) and x > 0 for x in ts)):
-        p.append(f"target_size must be None or (w, h) of positive ints, got {ts!r}")
+    if ts is not None and not (isinstance(ts, tuple) and len(ts) == 2
+                               and all(integer(x) and x >= MIN_TARGET_SIZE for x in ts)):
+        p.append(f"target_size must be None or (w, h) of ints >= {MIN_TARGET_SIZE}, got {ts!r}")
 
     for name in ("rpn_weight", "roi_weight", "contrastive_weight"):
         in_range(name, 0.0, math.inf, hi_open=True)
