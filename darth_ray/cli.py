@@ -9,7 +9,8 @@
     darth-ray config show  the darth_ray configuration an mmtrack/DARTH config file resolves to
 
 Heavy modules (torch, ray) are imported inside the handlers so `--help` answers at once. Bad input ends with
-one line naming the file and line, and exit code 2.
+one line naming the file and line (or the flag), and exit code 2. Outputs follow darth_ray/io.py's rules: they never
+overwrite an input or another command's outputs, and a resume checks every input and setting it depends on.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from darth_ray.io import InputError, atomic_write_json
+from darth_ray.io import (InputError, atomic_write_json, check_output_file, claim_output_dir, file_sha256,
+                          require_directory)
 
 log = logging.getLogger("darth_ray")
 
@@ -35,6 +37,10 @@ def _synth(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from darth_ray.eval.metrics import evaluate, format_table
 
+    if args.json:
+        gt, results = Path(args.gt), Path(args.results)
+        read = [*results.glob("*.txt"), *gt.glob("*/gt/gt.txt"), *gt.glob("*/seqinfo.ini")]
+        check_output_file(args.json, inputs=read, flag="--json")
     metrics = evaluate(args.gt, args.results, benchmark=args.benchmark)
     print(format_table(metrics))
     if args.json:
@@ -68,10 +74,15 @@ def _track(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = _device(args.device)
     model, _ = load_checkpoint(args.checkpoint, map_location=device)
     model.to(device)
     sequences = load_sequences(args.data, split=args.split, require_images=True)
+    provenance = {"checkpoint": str(args.checkpoint.resolve()), "checkpoint_sha256": file_sha256(args.checkpoint),
+                  "data": str(args.data.resolve()), "split": args.split, "max_size": args.max_size,
+                  **_tracker_params(args)}
+    claim_output_dir(args.out, "track", provenance, [f"{seq.name}.txt" for seq in sequences] + ["metrics.json"],
+                     inputs=[args.checkpoint])
     results = track_sequences(model, sequences, args.out, _tracker_params(args), batch_size=args.batch_size,
                               max_size=args.max_size, show_progress=not args.quiet)
     print(f"wrote {len(results)} result files to {args.out}")
@@ -80,6 +91,23 @@ def _track(args: argparse.Namespace) -> None:
         print(format_table(metrics))
         atomic_write_json(Path(args.out) / "metrics.json", metrics)
         print(f"wrote {Path(args.out) / 'metrics.json'}")
+
+
+def _device(requested: str) -> str:
+    """--device as a torch device, checked before anything is loaded onto it."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise InputError("--device", f"{requested!r} is not a torch device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", f"{requested}: CUDA is not available on this machine (use cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError("--device", f"{requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return requested
 
 
 def _train_source(args: argparse.Namespace) -> None:
@@ -109,6 +137,8 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str) -> N
         text = f"(default: {default})"
         if isinstance(default, bool):
             g.add_argument(flag, type=_boolean, metavar="BOOL", help=text)
+        elif isinstance(default, str):  # the config object validates the name and lists the choices
+            g.add_argument(flag, type=str, metavar="NAME", help=text)
         elif isinstance(default, tuple) or "tuple" in str(kind):
             elem = int if "int" in str(kind) and "float" not in str(kind) else float
             g.add_argument(flag, type=elem, nargs="+", metavar="X", help=text)
@@ -116,6 +146,17 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str) -> N
             g.add_argument(flag, type=int, metavar="N", help=text)
         else:
             g.add_argument(flag, type=float, metavar="X", help=text)
+
+
+def _positive_int(text: str) -> int:
+    """An int >= 1; anything else is an argparse error naming the flag and the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _boolean(text: str) -> bool:
@@ -158,6 +199,7 @@ def _adapt(args: argparse.Namespace) -> None:
 def _convert_mmtrack(args: argparse.Namespace) -> None:
     from darth_ray.models.convert_mmtrack import convert_mmtrack_checkpoint
 
+    check_output_file(args.output, inputs=[args.input] + ([args.config] if args.config else []), flag="OUTPUT")
     print(f"wrote {convert_mmtrack_checkpoint(args.input, args.output, take=args.take, config=args.config)}")
 
 
@@ -216,22 +258,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-source", help="supervised QDTrack training on a labelled domain",
                        description="Detection + quasi-dense track losses on key/reference frame pairs. Writes "
                                    "OUT/last.pt periodically and OUT/final.pt at the end (atomic); rerunning with "
-                                   "the same --out resumes from OUT/last.pt (other training settings are refused).")
+                                   "the same --out resumes from OUT/last.pt (other data, split or training "
+                                   "settings are refused, naming each change).")
     p.add_argument("--data", type=Path, required=True, help="dataset root or split directory with gt")
     p.add_argument("--split", default=None, help="split under --data (e.g. train)")
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints and train_log.jsonl")
     p.add_argument("--model", choices=("small", "r50_fpn"), default=None, help="model configuration (small)")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the frames (12)")
-    p.add_argument("--batch-size", type=int, default=None, help="frame pairs per step (2)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="passes over the frames (12)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="frame pairs per step (2)")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate (0.02)")
     p.add_argument("--photometric-prob", type=float, default=None,
                    help="probability of each photometric distortion (brightness, contrast, saturation, hue, channel "
                         "swap; mmtrack's SeqPhotoMetricDistortion, shared by key and reference frame); 0 = off (0)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (100)")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (100)")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if OUT/last.pt exists (never in another command's --out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train_source)
 
@@ -242,12 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="dataset root or split directory")
     p.add_argument("--split", default=None, help="split under --data (e.g. val)")
     p.add_argument("--out", type=Path, required=True, help="output directory for <seq>.txt")
-    p.add_argument("--max-size", type=int, default=None,
+    p.add_argument("--max-size", type=_positive_int, default=None,
                    help="resize frames to fit MAX x MAX keeping the ratio (e.g. 1088 for DanceTrack; default: "
                         "native size)")
-    p.add_argument("--batch-size", type=int, default=4, help="frames per detector forward (4)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="frames per detector forward (4)")
     p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_tracker_options(p)
     p.set_defaults(handler=_track)
@@ -256,17 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Adapts a source checkpoint to the target sequences (no labels used) for "
                                    "--epochs epochs, then tracks them with the adapted student. Writes "
                                    "OUT/final.pt (loadable by `track`), OUT/last.pt (full state; a rerun with the "
-                                   "same settings resumes from it), OUT/adapt_log.jsonl (per-step losses), and, "
+                                   "same source checkpoint content, target, split and settings resumes from it), "
+                                   "OUT/adapt_log.jsonl (per-step losses), and, "
                                    "when the targets have ground truth, OUT/results/<seq>.txt and OUT/metrics.json.")
     p.add_argument("--source", type=Path, required=True, help="source checkpoint (train-source's final.pt)")
     p.add_argument("--target", type=Path, required=True, help="target dataset root or split directory")
     p.add_argument("--split", default=None, help="split under --target (e.g. val)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (50)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (50)")
     p.add_argument("--compare-source", action="store_true",
                    help="also track with the source model and write OUT/source_metrics.json")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if OUT/last.pt exists (never in another command's --out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from darth_ray.adapt.config import DarthConfig
     _add_config_options(p, DarthConfig, "DARTH configuration (the knobs Ray Tune searches)")
@@ -305,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        if getattr(args, "out", None) is not None:
+            require_directory(args.out)  # up front, before any work, for every command writing a directory
         args.handler(args)
     except InputError as e:
         print(f"darth-ray {args.command}: error: {e}", file=sys.stderr)

@@ -110,7 +110,8 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
 
     assert main(["adapt", "--source", str(tmp_path / "src" / "final.pt"), "--target", str(bench / "night"),
                  "--split", "val", "--out", str(out), "--epochs", "2", "-q"]) == 2
-    assert "different DARTH configuration" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a run with other inputs or settings" in err and "epochs: 1 -> 2" in err and err.count("\n") == 1
     assert main(["adapt", "--source", str(tmp_path / "nope.pt"), "--target", str(bench / "night"),
                  "--split", "val", "--out", str(tmp_path / "x"), "-q"]) == 2
     assert "nope.pt" in capsys.readouterr().err
@@ -152,8 +153,8 @@ def test_source_training_resume_refuses_other_settings(tiny, tmp_path):
     data, out = tiny / "bench" / "source", tmp_path / "src"
     cfg = source_training.SourceTrainConfig(max_steps=2, batch_size=1, checkpoint_every=1)
     source_training.train_source(data, out, cfg, split="train", show_progress=False)
-    with pytest.raises(InputError, match=r"src/last.pt: was written with other training settings \(lr: 0.02 -> "
-                                         r"0.01; max_steps: 2 -> 3\)"):
+    with pytest.raises(InputError, match=r"src/darth_run.json: .*src holds a run with other inputs or settings "
+                                         r"\(lr: 0.02 -> 0.01; max_steps: 2 -> 3\)"):
         source_training.train_source(data, out, dataclasses.replace(cfg, lr=0.01, max_steps=3), split="train",
                                      show_progress=False)
     # how often it checkpoints changes nothing it computes: that resumes (and finds the run finished)

@@ -21,6 +21,9 @@ PUBLISHED_PHOTOMETRIC = PhotometricRanges()
 PHOTOMETRIC_IMPLS = ("mmtrack", "affine")
 
 MAX_AUG_STRENGTH = 2.0
+# Smallest img_scale side: the detector pads its input to a multiple of 32 (size_divisor, the backbone's C5 stride), so
+# a smaller view would be mostly padding, with less than one cell of the deepest feature map (7x7 -> 32x32).
+MIN_IMG_SCALE = 32
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,11 +181,11 @@ def _problems(c: DarthConfig) -> list[str]:
     in_range("channel_swap_prob", 0.0, 1.0)
     in_range("brightness_delta", 0.0, 255.0)
     in_range("hue_delta", 0.0, 180.0)
-    for name in ("img_scale", "frame_size"):
+    for name, low in (("img_scale", MIN_IMG_SCALE), ("frame_size", 1)):
         size = getattr(c, name)
         if size is not None and not (isinstance(size, tuple) and len(size) == 2
-                                     and all(integer(x) and x > 0 for x in size)):
-            p.append(f"{name} must be None or (w, h) of positive ints, got {size!r}")
+                                     and all(integer(x) and x >= low for x in size)):
+            p.append(f"{name} must be None or (w, h) of ints >= {low}, got {size!r}")
     if c.photometric_impl not in PHOTOMETRIC_IMPLS:
         p.append(f"photometric_impl must be one of {', '.join(PHOTOMETRIC_IMPLS)}, got {c.photometric_impl!r}")
 

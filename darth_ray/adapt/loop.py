@@ -22,10 +22,15 @@ from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.darth import Darth
 from darth_ray.data.mot import Sequence, load_sequences
 from darth_ray.eval.track import track_and_score
-from darth_ray.io import InputError, atomic_torch_save, atomic_write_json
+from darth_ray.io import (RESUME_FILE, atomic_torch_save, atomic_write_json, claim_output_dir, file_sha256,
+                          read_torch_file)
 from darth_ray.models.qdtrack import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
+
+# What `adapt` writes in its output directory (its darth_run.json lists them).
+ADAPT_OUTPUTS = (RESUME_FILE, "final.pt", "adapt_log.jsonl", "results", "metrics.json", "source_metrics.json",
+                 "summary.json")
 
 
 class AdaptationRun:
@@ -67,7 +72,7 @@ class AdaptationRun:
     def load_frames(self, picks: list[tuple[str, int]]) -> torch.Tensor:
         frames = [self.sequences[name].load_image(f) for name, f in picks]
         sizes = {tuple(f.shape) for f in frames}
-        if len(sizes) > 1:  # views stack; different frame sizes need config.target_size
+        if len(sizes) > 1:  # frames stack into one batch (frame_size, when set, resizes them again)
             frames = [torch.nn.functional.interpolate(f[None].float(), size=frames[0].shape[-2:], mode="bilinear")[0]
                       .round().clamp(0, 255).to(torch.uint8) for f in frames]
         return torch.stack(frames).to(self.device)
@@ -119,29 +124,30 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student.
 
     Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
-    OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses).
+    OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses) and OUT/darth_run.json (what
+    the run depends on: source checkpoint by path and sha256, target, split, config; a resume must match it).
     """
     out_dir = Path(out_dir)
     sequences = load_sequences(target, split=split, require_images=True)
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     run = AdaptationRun(source, sequences, frames, config, device=device)
-    last = out_dir / "last.pt"
-    if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=False)
-        if state.get("darth_config") != config.to_dict():
-            raise InputError(last, "was written with a different DARTH configuration; use a new --out or "
-                                   "--no-resume")
-        run.load_state_dict(state)
+    provenance = {"source": str(Path(source).resolve()), "source_sha256": file_sha256(source),
+                  "target": str(Path(target).resolve()), "split": split, **config.to_dict()}
+    resuming = claim_output_dir(out_dir, "adapt", provenance, ADAPT_OUTPUTS, inputs=[source], resume=resume,
+                                defaults=DarthConfig().to_dict())
+    last = out_dir / RESUME_FILE
+    if resuming:
+        run.load_state_dict(read_torch_file(last, device))
         log.info("resuming DARTH from %s at step %d/%d", last, run.step, run.total_steps)
-    out_dir.mkdir(parents=True, exist_ok=True)
     log_file = out_dir / "adapt_log.jsonl"
     with tqdm(total=run.total_steps, initial=run.step, unit="step", desc="DARTH", disable=not show_progress) as bar:
         while run.step < run.total_steps:
+            epoch = run.epoch  # of this step; run_step moves run.step (and so run.epoch) on to the next one
             record = run.run_step()
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss_total']:.3f}")
             with open(log_file, "a") as f:
-                f.write(json.dumps({"step": run.step, "epoch": run.epoch, **record}) + "\n")
+                f.write(json.dumps({"step": run.step, "epoch": epoch, **record}) + "\n")
             if run.step % checkpoint_every == 0 and run.step < run.total_steps:
                 run.save(last)
     run.save(last)

@@ -65,6 +65,10 @@ def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_
                    max_size: int | None = None, progress: tqdm | None = None,
                    embedder=None) -> dict[str, np.ndarray]:
     """Track one sequence; returns MOT arrays {"frames", "ids" (1-based), "boxes" (x1y1x2y2), "scores"}."""
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if max_size is not None and not (isinstance(max_size, int) and max_size >= 1):
+        raise ValueError(f"max_size must be None or an int >= 1, got {max_size!r}")
     tracker.reset()
     model.eval()
     if embedder is not None:

@@ -20,7 +20,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import box_iou
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
-from darth_ray.io import InputError, atomic_torch_save
+from darth_ray.io import InputError, atomic_torch_save, read_torch_file
 from darth_ray.models.backbone import ResNetBackbone
 from darth_ray.models.config import FPN_STRIDES, ROI_STRIDES, ModelConfig, model_config
 from darth_ray.models.detector import (BoxHead, RoIFeatureExtractor, assign_by_iou, base_anchors, batched_nms,
@@ -273,15 +273,7 @@ def save_checkpoint(path: str | os.PathLike, model: QDTrack, extra: dict | None 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[QDTrack, dict]:
     """Load a checkpoint written by save_checkpoint; returns (model in eval mode, the extra entries)."""
-    if not os.path.isfile(path):
-        raise InputError(path, "no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
-        if "weights_only" in str(e) or "Weights only" in str(e):
-            raise InputError(path, "checkpoint holds objects other than tensors, numbers, strings and containers; "
-                                   f"darth_ray checkpoints load with torch.load(weights_only=True) ({e})") from None
-        raise InputError(path, f"not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = read_torch_file(path, map_location)
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         hint = ""
         if isinstance(ckpt, dict) and ("state_dict" in ckpt or any(str(k).startswith("detector.") for k in ckpt)):

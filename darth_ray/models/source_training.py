@@ -3,7 +3,8 @@ quasi-dense track losses between key and reference frame, as mmtrack's QDTrack d
 
 A flat loop in the spirit of torchvision's references/detection/train.py. Checkpoints (`last.pt` every
 `checkpoint_every` steps, `final.pt` at the end) hold model, optimizer, scheduler, step and RNG state, are written
-atomically, and a rerun with the same `out` resumes from `last.pt`.
+atomically, and a rerun with the same `out`, data, split and settings resumes from `last.pt` (darth_ray/io.py's
+`claim_output_dir` checks them).
 """
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ from darth_ray.data.mot import Sequence, load_sequences
 from darth_ray.data.photometric import PhotometricRanges, apply_colour, colour_transform
 from darth_ray.data.sampling import sample_frame_pairs
 from darth_ray.data.sharding import frame_counts
-from darth_ray.io import InputError, settings_changes
+from darth_ray.io import RESUME_FILE, claim_output_dir
 from darth_ray.models.qdtrack import build_model, load_checkpoint, save_checkpoint
 from darth_ray.models.track_losses import assign_and_sample, track_losses
 
 log = logging.getLogger(__name__)
+
+# What `train-source` writes in its output directory (its darth_run.json lists them).
+TRAIN_SOURCE_OUTPUTS = (RESUME_FILE, "final.pt", "train_log.jsonl")
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,12 @@ def _lr_factor(step: int, total: int, cfg: SourceTrainConfig) -> float:
     return warm * 0.1 ** drops
 
 
+def _provenance(data_dir: Path, split: str | None, cfg: SourceTrainConfig) -> dict:
+    """What a training's result depends on; how often it checkpoints changes nothing it computes."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}
+    return {"data": str(Path(data_dir).resolve()), "split": split, **settings}
+
+
 def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceTrainConfig(),
                  split: str | None = None, resume: bool = True, show_progress: bool = True) -> Path:
     """Train on every labelled sequence of `data_dir` (optionally its `split`); returns `out_dir/final.pt`."""
@@ -127,15 +137,10 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     generator = torch.Generator().manual_seed(cfg.seed)
     photometric = PhotometricRanges(photometric_prob=cfg.photometric_prob)
     step = 0
-    last = out_dir / "last.pt"
-    if resume and last.is_file():
+    last = out_dir / RESUME_FILE
+    if claim_output_dir(out_dir, "train-source", _provenance(data_dir, split, cfg), TRAIN_SOURCE_OUTPUTS,
+                        resume=resume, defaults=_provenance(data_dir, split, SourceTrainConfig())):
         model, state = load_checkpoint(last)
-        # fields added since the checkpoint was written take their defaults, as they did then
-        stored = {**dataclasses.asdict(SourceTrainConfig()), **state.get("train_config", {})}
-        changed = settings_changes({**stored, "checkpoint_every": cfg.checkpoint_every}, dataclasses.asdict(cfg))
-        if changed:  # the lr schedule and the frame pairs depend on them: a resume would mix two trainings
-            raise InputError(last, f"was written with other training settings ({'; '.join(changed)}); use a new "
-                                   "--out or --no-resume")
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
@@ -151,7 +156,6 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
                                       "train_config": dataclasses.asdict(cfg), "data": str(data_dir)})
 
     metrics_file = out_dir / "train_log.jsonl"
-    out_dir.mkdir(parents=True, exist_ok=True)
     model.train()
     bar = tqdm(total=total, initial=step, unit="step", desc="source training", disable=not show_progress)
     pairs, pairs_epoch = None, -1
