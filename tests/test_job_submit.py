@@ -36,18 +36,3 @@ def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, 
     assert "best trials of job" in result.stdout
     assert list((runs / "tune" / "job" / "wandb").glob("offline-run-*"))  # one W&B run for the trial
 
-
-def test_embedded_trials_start_from_the_benchmark_settings():
-    import importlib.util
-
-    from darth_ray.adapt.config import DarthConfig
-    from darth_ray.embedded import DARTH_SETTINGS
-
-    spec = importlib.util.spec_from_file_location("tune_dance", REPO / "experiments" / "tune_dance.py")
-    tune_dance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune_dance)
-    embedded = tune_dance.base_darth_config(tune_dance.parse_args(["--epochs", "3", "--seed", "2"]))
-    assert embedded == {**DARTH_SETTINGS, "epochs": 3, "lr_steps": (2,), "seed": 2}
-    assert DarthConfig.from_dict(embedded).target_bn_stats is True
-    own_data = tune_dance.base_darth_config(tune_dance.parse_args(["--data", "/data/DanceTrack", "--epochs", "3"]))
-    assert "target_bn_stats" not in own_data and own_data["epochs"] == 3  # published defaults on real data
