@@ -200,28 +200,37 @@ def main(argv=None) -> int:
     return report(grid, exp)
 
 
+def trial_row(result) -> dict:
+    """One trial of the ResultGrid as a row of best.json: its HOTA (None without an evaluation), metrics, config,
+    latest checkpoint, and error (one line; for a diverged trial its checkpoint is the last good one)."""
+    m = result.metrics or {}
+    hota = m.get("best_HOTA", m.get("HOTA"))
+    error = m.get("error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
+    return {"trial": Path(result.path).name, "HOTA": None if hota is None or math.isnan(hota) else hota,
+            **{k: m.get(k) for k in ("DetA", "AssA", "MOTA", "IDF1")},
+            "config": result.config, "checkpoint": m.get("checkpoint_path"), "error": error}
+
+
 def report(grid, exp) -> int:
-    """Print the best trials with their configs and checkpoints; write best.json."""
-    rows = []
-    for result in grid:
-        m = result.metrics or {}
-        hota = m.get("best_HOTA", m.get("HOTA"))
-        if hota is None or (isinstance(hota, float) and math.isnan(hota)):
-            continue
-        rows.append({"trial": Path(result.path).name, "HOTA": hota,
-                     **{k: m.get(k) for k in ("DetA", "AssA", "MOTA", "IDF1")},
-                     "config": result.config, "checkpoint": m.get("checkpoint_path"),
-                     "error": str(result.error) if result.error else None})
-    rows.sort(key=lambda r: -r["HOTA"])
-    if not rows:
-        print("no trial reported HOTA; see the trial logs under", Path(exp.storage_path) / exp.name)
-        return 1
-    print(f"\nbest trials of {exp.name} (by HOTA):")
-    for i, r in enumerate(rows[:5], 1):
+    """Print the best trials with their configs and checkpoints, then the errored trials with their errors; write
+    best.json (the ranked trials, then the errored ones)."""
+    rows = [trial_row(result) for result in grid]
+    ranked = sorted((r for r in rows if r["HOTA"] is not None and not r["error"]), key=lambda r: -r["HOTA"])
+    errored = [r for r in rows if r["error"]]
+    if ranked:
+        print(f"\nbest trials of {exp.name} (by HOTA):")
+    for i, r in enumerate(ranked[:5], 1):
         cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["config"].items())
         print(f"{i}. {r['trial']}: HOTA {r['HOTA']:.2f}  DetA {r['DetA']:.2f}  AssA {r['AssA']:.2f}  "
               f"MOTA {r['MOTA']:.2f}  IDF1 {r['IDF1']:.2f}\n   {cfg}\n   checkpoint: {r['checkpoint']}")
-    best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", rows)
+    if errored:
+        print(f"\nerrored trials of {exp.name}:")
+    for r in errored:
+        print(f"- {r['trial']}: {r['error']}\n   last checkpoint: {r['checkpoint']}")
+    if not ranked:
+        print("no trial reported HOTA; see the trial logs under", Path(exp.storage_path) / exp.name)
+        return 1
+    best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", ranked + errored)
     print(f"\nranking written to {best}")
     return 0
 
