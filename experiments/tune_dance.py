@@ -161,6 +161,7 @@ def main(argv=None) -> int:
     import ray
     import torch
 
+    from darth_ray.distributed.cluster import use_private_auth_token
     from darth_ray.distributed.train import TrainLoopConfig
     from darth_ray.distributed.tune import EXPERIMENT_FILE, ExperimentConfig, run_experiment
 
@@ -184,8 +185,12 @@ def main(argv=None) -> int:
                            max_failures=args.max_failures, seed=args.seed,
                            wandb={"mode": args.wandb_mode, "project": args.wandb_project})
     # Under `ray job submit` RAY_ADDRESS names the cluster and the job's working dir carries the code;
-    # without it a local Ray starts here (the package is installed in this environment).
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS"))
+    # without it a local Ray starts here (the package is installed in this environment), with a token that leaves
+    # no ~/.ray/auth_token behind to change what the user's later `ray start` does.
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        use_private_auth_token()
+    ray.init(address=address)
     if exp.max_concurrent_trials is None:  # trials beyond what the CPUs can run would only wait, holding processes
         cpus = int(ray.cluster_resources().get("CPU", 1))
         exp = dataclasses.replace(exp, max_concurrent_trials=max(1, cpus // (args.workers_per_trial

@@ -26,8 +26,11 @@ LOW = {"init_score_thr": 0.05, "obj_score_thr": 0.05}  # a random-init model sti
 def local_ray():
     import ray
 
+    from darth_ray.distributed.cluster import use_private_auth_token
+
     # With the dashboard: Ray Train's placement-group cleaner needs the State API to free the workers' CPUs of a
     # trial whose controller Tune tears down (without it they stay reserved and later trials never start).
+    use_private_auth_token()  # no ~/.ray/auth_token left behind
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         yield
