@@ -33,31 +33,57 @@ log = logging.getLogger("tune_dance")
 EMBEDDED = {"epochs": 2, "num_samples": 4}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: this many options make the usage banner bury the message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def at_least(low, kind=int):
+    """An argparse type: a number >= low (argparse names the flag in the error)."""
+    def parse(text: str):
+        value = kind(text)  # a ValueError becomes argparse's "invalid int value"
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from darth_ray.data.synth import KNOWN_DOMAINS
+    from darth_ray.distributed.tune import SEARCH_SPACE
+
+    p = _Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--data", type=Path, help="target dataset root (DanceTrack layout); default: the embedded "
                                              "benchmark's --target-domain")
     g.add_argument("--split", default="val", help="split of --data to adapt on and evaluate (val)")
-    g.add_argument("--target-domain", default="night", help="embedded benchmark domain to adapt to (night)")
+    g.add_argument("--target-domain", default="night", choices=KNOWN_DOMAINS,
+                   help="embedded benchmark domain to adapt to (night)")
     g.add_argument("--source", type=Path, help="source checkpoint; default: train one on the embedded source domain "
                                               "or reuse runs/source/final.pt")
     g.add_argument("--runs", type=Path, default=ROOT / "runs", help="where caches and results go (./runs)")
     g = p.add_argument_group("trials")
     g.add_argument("--name", default=None, help="experiment name (default: darth-<target>)")
-    g.add_argument("--num-samples", type=int, default=EMBEDDED["num_samples"], help="trials (4)")
-    g.add_argument("--epochs", type=int, default=EMBEDDED["epochs"], help="DARTH epochs per trial (2)")
-    g.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (1)")
-    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per Train worker (0)")
-    g.add_argument("--threads-per-worker", type=int, default=1, help="torch threads (and CPUs) per worker (1)")
-    g.add_argument("--max-concurrent-trials", type=int, default=None,
+    g.add_argument("--num-samples", type=at_least(1), default=EMBEDDED["num_samples"], help="trials (4)")
+    g.add_argument("--epochs", type=at_least(1), default=EMBEDDED["epochs"], help="DARTH epochs per trial (2)")
+    g.add_argument("--workers-per-trial", type=at_least(1), default=1, help="Ray Train workers per trial (1)")
+    g.add_argument("--gpus-per-worker", type=at_least(0, float), default=0.0, help="GPUs per Train worker (0)")
+    g.add_argument("--threads-per-worker", type=at_least(1), default=1,
+                   help="torch threads (and CPUs) per worker (1)")
+    g.add_argument("--max-concurrent-trials", type=at_least(1), default=None,
                    help="default: the cluster's CPUs / (workers per trial x threads per worker); an autoscaling "
                         "cluster wants it set to what it may grow to")
     g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="trial scheduler (asha)")
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
-    g.add_argument("--searched", nargs="+", default=None, help="hyperparameters to search (default: all)")
-    g.add_argument("--max-failures", type=int, default=1, help="worker-group restarts per trial (1)")
+    g.add_argument("--searched", nargs="+", default=None, choices=tuple(SEARCH_SPACE), metavar="KNOB",
+                   help=f"hyperparameters to search (default: all): {', '.join(SEARCH_SPACE)}")
+    g.add_argument("--max-failures", type=at_least(-1), default=1,
+                   help="worker-group restarts per trial (1; -1: no limit)")
     g.add_argument("--no-resume", action="store_true",
                    help="start a new experiment even if one exists (the old one moves to <name>.<date-time>)")
     g = p.add_argument_group("Ray and W&B")
@@ -66,7 +92,44 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="default: online with WANDB_API_KEY, else offline")
     g.add_argument("--wandb-project", default="darth_ray", help="W&B project (darth_ray)")
     g.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What the files named on the command line hold, checked before Ray and its workers start (a bad one stops
+    with one line naming the flag); paths become absolute."""
+    from darth_ray.data.mot import load_sequences
+    from darth_ray.data.synth import SPLITS
+    from darth_ray.models.qdtrack import load_checkpoint
+
+    def check(flag: str, check_it) -> None:
+        try:
+            check_it()
+        except (InputError, OSError) as e:  # first line: torch's unpickling errors run on for several
+            parser.error(f"argument {flag}: {str(e).splitlines()[0]}")
+
+    args.runs = args.runs.resolve()
+    check("--runs", lambda: args.runs.mkdir(parents=True, exist_ok=True))
+    if args.data is None:
+        if args.split not in SPLITS:
+            parser.error(f"argument --split: the embedded benchmark has {' and '.join(SPLITS)}, not {args.split!r}")
+    else:
+        args.data = args.data.resolve()
+        if not args.data.is_dir():
+            parser.error(f"argument --data: {args.data}: not a directory")
+        if not (args.data / args.split).is_dir():
+            found = sorted(p.name for p in args.data.iterdir() if p.is_dir() and not p.name.startswith("."))
+            parser.error(f"argument --split: no {args.split!r} split in {args.data} (found: {', '.join(found)})")
+        check("--data", lambda: load_sequences(args.data, split=args.split, require_images=True))
+        if args.source is None:
+            parser.error("argument --source: required with --data")
+    if args.source is not None:
+        args.source = args.source.resolve()
+        check("--source", lambda: load_checkpoint(args.source))
 
 
 def embedded_inputs(args) -> tuple[Path, Path]:
@@ -90,30 +153,26 @@ def base_darth_config(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_inputs(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     import ray
     import torch
 
+    from darth_ray.distributed.cluster import use_private_auth_token
     from darth_ray.distributed.train import TrainLoopConfig
     from darth_ray.distributed.tune import EXPERIMENT_FILE, ExperimentConfig, run_experiment
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    args.runs = args.runs.resolve()
-    args.source = args.source.resolve() if args.source else None
-    args.data = args.data.resolve() if args.data else None
     # Under `ray job submit` the cwd is the job's unpacked working dir, which Ray may replace while trials start
     # on this node: keep the driver's cwd somewhere stable (all paths are absolute from here on).
-    args.runs.mkdir(parents=True, exist_ok=True)
     os.chdir(args.runs)
     if args.data is None:
         data, source = embedded_inputs(args)
     else:
         data, source = args.data, args.source
-        if source is None:
-            print("error: --source is required with --data", file=sys.stderr)
-            return 2
     name = args.name or f"darth-{data.name}"
     loop = TrainLoopConfig(source=str(Path(source).resolve()), target=str(data), split=args.split,
                            darth=base_darth_config(args),
@@ -126,8 +185,12 @@ def main(argv=None) -> int:
                            max_failures=args.max_failures, seed=args.seed,
                            wandb={"mode": args.wandb_mode, "project": args.wandb_project})
     # Under `ray job submit` RAY_ADDRESS names the cluster and the job's working dir carries the code;
-    # without it a local Ray starts here (the package is installed in this environment).
-    ray.init(address=args.address or os.environ.get("RAY_ADDRESS"))
+    # without it a local Ray starts here (the package is installed in this environment), with a token that leaves
+    # no ~/.ray/auth_token behind to change what the user's later `ray start` does.
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        use_private_auth_token()
+    ray.init(address=address)
     if exp.max_concurrent_trials is None:  # trials beyond what the CPUs can run would only wait, holding processes
         cpus = int(ray.cluster_resources().get("CPU", 1))
         exp = dataclasses.replace(exp, max_concurrent_trials=max(1, cpus // (args.workers_per_trial
@@ -142,28 +205,37 @@ def main(argv=None) -> int:
     return report(grid, exp)
 
 
+def trial_row(result) -> dict:
+    """One trial of the ResultGrid as a row of best.json: its HOTA (None without an evaluation), metrics, config,
+    latest checkpoint, and error (one line; for a diverged trial its checkpoint is the last good one)."""
+    m = result.metrics or {}
+    hota = m.get("best_HOTA", m.get("HOTA"))
+    error = m.get("error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
+    return {"trial": Path(result.path).name, "HOTA": None if hota is None or math.isnan(hota) else hota,
+            **{k: m.get(k) for k in ("DetA", "AssA", "MOTA", "IDF1")},
+            "config": result.config, "checkpoint": m.get("checkpoint_path"), "error": error}
+
+
 def report(grid, exp) -> int:
-    """Print the best trials with their configs and checkpoints; write best.json."""
-    rows = []
-    for result in grid:
-        m = result.metrics or {}
-        hota = m.get("best_HOTA", m.get("HOTA"))
-        if hota is None or (isinstance(hota, float) and math.isnan(hota)):
-            continue
-        rows.append({"trial": Path(result.path).name, "HOTA": hota,
-                     **{k: m.get(k) for k in ("DetA", "AssA", "MOTA", "IDF1")},
-                     "config": result.config, "checkpoint": m.get("checkpoint_path"),
-                     "error": str(result.error) if result.error else None})
-    rows.sort(key=lambda r: -r["HOTA"])
-    if not rows:
-        print("no trial reported HOTA; see the trial logs under", Path(exp.storage_path) / exp.name)
-        return 1
-    print(f"\nbest trials of {exp.name} (by HOTA):")
-    for i, r in enumerate(rows[:5], 1):
+    """Print the best trials with their configs and checkpoints, then the errored trials with their errors; write
+    best.json (the ranked trials, then the errored ones)."""
+    rows = [trial_row(result) for result in grid]
+    ranked = sorted((r for r in rows if r["HOTA"] is not None and not r["error"]), key=lambda r: -r["HOTA"])
+    errored = [r for r in rows if r["error"]]
+    if ranked:
+        print(f"\nbest trials of {exp.name} (by HOTA):")
+    for i, r in enumerate(ranked[:5], 1):
         cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["config"].items())
         print(f"{i}. {r['trial']}: HOTA {r['HOTA']:.2f}  DetA {r['DetA']:.2f}  AssA {r['AssA']:.2f}  "
               f"MOTA {r['MOTA']:.2f}  IDF1 {r['IDF1']:.2f}\n   {cfg}\n   checkpoint: {r['checkpoint']}")
-    best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", rows)
+    if errored:
+        print(f"\nerrored trials of {exp.name}:")
+    for r in errored:
+        print(f"- {r['trial']}: {r['error']}\n   last checkpoint: {r['checkpoint']}")
+    if not ranked:
+        print("no trial reported HOTA; see the trial logs under", Path(exp.storage_path) / exp.name)
+        return 1
+    best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", ranked + errored)
     print(f"\nranking written to {best}")
     return 0
 

@@ -336,6 +336,25 @@ def test_kuberay_containers_install_pins_and_read_the_wandb_secret():
     assert int(worker_limits["nvidia.com/gpu"]) >= 1
 
 
+
+@pytest.mark.parametrize("name", [*LAUNCHER_CONFIGS, "kuberay.yaml"])
+def test_every_node_starts_with_an_explicit_auth_mode(name):
+    """Ray 2.60 turns token auth on for a head that finds ~/.ray/auth_token and off for a node or client that
+    joins: a mode left to Ray can split a cluster from its workers and its `ray job submit` (cluster/README.md,
+    "Auth tokens"). Every `ray start` here says it."""
+    config = load(name)
+    if name == "kuberay.yaml":
+        spec = config["spec"]
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        containers = [g["template"]["spec"]["containers"][0] for g in groups]
+        assert [{e["name"]: e.get("value") for e in c["env"]}.get("RAY_AUTH_MODE") for c in containers] == \
+            ["disabled"] * len(containers)
+        return
+    prepared = ray_up_validate(config)
+    starts = [part.strip() for command in prepared["head_start_ray_commands"] + prepared["worker_start_ray_commands"]
+              for part in command.split(";") if "ray start" in part]
+    assert len(starts) == 2 and all(start.startswith("RAY_AUTH_MODE=disabled ray start") for start in starts), starts
+
 def _kr_worker(cr):
     return cr["spec"]["workerGroupSpecs"][0]
 

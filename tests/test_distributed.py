@@ -10,7 +10,7 @@ import pytest
 
 from darth_ray.eval.track import track_and_score
 from darth_ray.data.mot import load_sequences
-from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, TrainLoopConfig
+from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, NonFiniteLossError, TrainLoopConfig
 from darth_ray.distributed.tune import (EXPERIMENT_FILE, ExperimentConfig, experiment_settings, fit_trial,
                                         run_experiment, settings_changes)
 from darth_ray.io import InputError
@@ -26,8 +26,11 @@ LOW = {"init_score_thr": 0.05, "obj_score_thr": 0.05}  # a random-init model sti
 def local_ray():
     import ray
 
+    from darth_ray.distributed.cluster import use_private_auth_token
+
     # With the dashboard: Ray Train's placement-group cleaner needs the State API to free the workers' CPUs of a
     # trial whose controller Tune tears down (without it they stay reserved and later trials never start).
+    use_private_auth_token()  # no ~/.ray/auth_token left behind
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         yield
@@ -79,6 +82,17 @@ def test_killed_worker_restarts_from_last_checkpoint(tiny, tmp_path, local_ray):
         progress = json.loads((Path(d) / PROGRESS_FILE).read_text())
     assert progress["best_HOTA"] == result.metrics["best_HOTA"] and progress["HOTA"] == result.metrics["HOTA"]
 
+
+
+def test_a_non_finite_loss_stops_every_worker_without_a_restart(tiny, tmp_path, local_ray):
+    # lr 1e6 diverges at step 2; the ranks agree to stop there (none waits in an all-reduce), and the run is not
+    # restarted from its checkpoint (max_failures=1) into the same NaN.
+    loop = loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05, "lr": 1e6}, checkpoint_every=1)
+    result = fit_trial(loop, workers=2, gpus_per_worker=0, storage_path=str(tmp_path), name="nan", max_failures=1)
+    assert isinstance(result.error, NonFiniteLossError)
+    assert str(result.error).startswith("rank 0: non-finite DARTH loss at step 2")
+    assert str(result.error).endswith(f"; last good checkpoint: {result.checkpoint.path}")
+    assert result.metrics["step"] == 1 and result.metrics["resumed_from_step"] == 0
 
 def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
     # Optuna reads HOTA from every result: reports before the first evaluation carry HOTA = NaN.
@@ -161,3 +175,36 @@ def test_experiment_settings_see_a_changed_source_checkpoint(tiny, tmp_path):
     assert change.startswith("source_sha256: ")
     with pytest.raises(InputError, match="missing.pt: source checkpoint not found"):
         experiment_settings(dataclasses.replace(exp, loop=loop_config(tiny, source=str(tmp_path / "missing.pt"))))
+
+
+def test_a_diverging_trial_errors_with_its_last_good_checkpoint_and_the_others_finish(tiny, tmp_path, local_ray,
+                                                                                       monkeypatch, capsys):
+    import torch
+    from ray import tune
+
+    from darth_ray.distributed import tune as darth_tune
+    from darth_ray.distributed.train import STATE_FILE
+    from experiments import tune_dance
+
+    # Two trials: lr 1e6 makes the step-2 loss NaN (deterministically, after step 1's checkpoint), lr 1e-4 does not.
+    monkeypatch.setattr(darth_tune, "param_space", lambda names: {"lr": tune.grid_search([1e-4, 1e6])})
+    exp = ExperimentConfig(name="nan", storage_path=str(tmp_path), loop=loop_config(tiny, checkpoint_every=1),
+                           num_samples=1, scheduler="fifo", searched=("lr",), max_concurrent_trials=2,
+                           max_failures=1, wandb=None)
+    grid = run_experiment(exp)
+    good, bad = sorted(grid, key=lambda r: r.config["lr"])
+    assert good.error is None and good.metrics["step"] == 6 and math.isfinite(good.metrics["HOTA"])
+
+    assert bad.error is not None and "non-finite DARTH loss at step 2" in str(bad.error)
+    assert bad.metrics["error"].startswith("non-finite DARTH loss at step 2: {'loss_rpn': nan")
+    assert bad.metrics["resumed_from_step"] == 0  # not restarted from its checkpoint into the same NaN
+    state = torch.load(Path(bad.metrics["checkpoint_path"]) / STATE_FILE, weights_only=False)
+    assert state["step"] == 1 and all(torch.isfinite(t).all() for t in state["student"].values())
+    assert bad.metrics["checkpoint_path"] in bad.metrics["error"]
+
+    assert tune_dance.report(grid, exp) == 0
+    out = capsys.readouterr().out
+    assert "1. " in out and "2. " not in out  # the ranking holds the finished trial only
+    assert f"errored trials of nan:\n- {Path(bad.path).name}: non-finite DARTH loss at step 2" in out
+    best = json.loads((tmp_path / "nan" / "best.json").read_text())
+    assert [row["error"] is None for row in best] == [True, False]

@@ -37,17 +37,65 @@ def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, 
     assert list((runs / "tune" / "job" / "wandb").glob("offline-run-*"))  # one W&B run for the trial
 
 
-def test_embedded_trials_start_from_the_benchmark_settings():
-    import importlib.util
 
-    from darth_ray.adapt.config import DarthConfig
-    from darth_ray.embedded import DARTH_SETTINGS
+def readme_cluster_commands() -> list[str]:
+    """The command lines of the README's local cluster walk-through (its "Clusters" section's code block)."""
+    section = (REPO / "README.md").read_text().split("\n## Clusters\n", 1)[1]
+    block = section.split("```\n", 2)[1]
+    return [line for line in block.splitlines() if line.strip()]
 
-    spec = importlib.util.spec_from_file_location("tune_dance", REPO / "experiments" / "tune_dance.py")
-    tune_dance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune_dance)
-    embedded = tune_dance.base_darth_config(tune_dance.parse_args(["--epochs", "3", "--seed", "2"]))
-    assert embedded == {**DARTH_SETTINGS, "epochs": 3, "lr_steps": (2,), "seed": 2}
-    assert DarthConfig.from_dict(embedded).target_bn_stats is True
-    own_data = tune_dance.base_darth_config(tune_dance.parse_args(["--data", "/data/DanceTrack", "--epochs", "3"]))
-    assert "target_bn_stats" not in own_data and own_data["epochs"] == 3  # published defaults on real data
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_readme_walk_through_runs_in_its_order_after_a_local_tune_run(tiny, tmp_path):
+    """README command 1 (tune_dance.py on a local Ray), then the "Clusters" commands as written, in a shell's
+    environment: HOME a fresh directory (the real ~/.ray is never touched) and no Ray auth settings but the README's.
+    Only the ports (free ones, loopback) and the size of the Tune run differ."""
+    import re
+    import shlex
+    import sys
+
+    from darth_ray.distributed.cluster import start_ray_head
+
+    shell = {"HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None,
+             "RAY_AUTH_TOKEN_PATH": None, "WANDB_MODE": "disabled"}
+    tiny_run = ["--data", str(tiny / "bench" / "night"), "--split", "val", "--source", str(tiny / "source.pt"),
+                "--num-samples", "1", "--epochs", "1", "--scheduler", "fifo", "--wandb-mode", "disabled"]
+
+    def run(argv: list[str], runs: str) -> str:
+        if argv[-1] == "experiments/tune_dance.py":
+            argv = argv + tiny_run + ["--runs", str(tmp_path / runs)]
+        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=ray_cli_env(shell))
+        assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
+
+    run([sys.executable, "experiments/tune_dance.py"], "local")  # README command 1
+    assert not (tmp_path / "home" / ".ray").exists()  # no token left to change what the next commands do
+
+    head, output = None, ""
+    try:
+        for line in readme_cluster_commands():
+            submitted = re.search(r"raysubmit_\w+", output)
+            if submitted:
+                line = line.replace("<submission id>", submitted.group())
+            if head is not None:
+                line = line.replace("http://127.0.0.1:8265", head.dashboard_url)
+            argv = shlex.split(line, comments=True)
+            if ">" in argv:  # `> /dev/null`: the output is captured here anyway
+                argv = argv[:argv.index(">")]
+            if argv[0] == "export":
+                name, value = argv[1].split("=", 1)
+                shell[name] = value
+            elif argv[:2] == ["ray", "start"]:
+                assert argv[-1] == "&" and {"--head", "--dashboard-port", "--block"} <= set(argv)
+                head = start_ray_head(num_cpus=2, env=shell)  # the same flags, on free loopback ports
+                assert {"--head", "--block"} <= set(head.args)
+                assert any(a.startswith("--dashboard-port=") for a in head.args)
+            else:
+                assert argv[0] == "ray", line
+                output = run([ray_executable(), *argv[1:]], "job")
+        assert "succeeded" in output.lower()  # `ray job status`
+        assert json.loads((tmp_path / "job" / "tune" / "darth-night" / "best.json").read_text())[0]["HOTA"] >= 0
+    finally:
+        if head is not None:
+            head.stop()

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -83,7 +84,7 @@ def ray_executable() -> str:
     return found
 
 
-def ray_cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def ray_cli_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Environment for the `ray` processes we start (nodes) and for `ray job ...` clients talking to them."""
     env = os.environ.copy()
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -98,8 +99,11 @@ def ray_cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     # Ray 2.60 picks token auth differently per process (a head turns it on when ~/.ray/auth_token exists, a joining
     # node or a connecting driver does not): every node and client we start follows this process's mode.
     env["RAY_AUTH_MODE"] = _auth_mode()
-    if extra:
-        env.update({k: str(v) for k, v in extra.items()})
+    for name, value in (extra or {}).items():  # None unsets: e.g. RAY_AUTH_MODE as a user's shell leaves it
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = str(value)
     return env
 
 
@@ -325,7 +329,7 @@ def start_ray_head(
     include_dashboard: bool = True,
     temp_dir: str | os.PathLike | None = None,
     autoscaling_config: str | os.PathLike | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,  # over this process's (ray_cli_env); None unsets
     extra_args: Sequence[str] = (),
     gcs_port: int | None = None,
     node_ip_address: str = CLUSTER_IP,
@@ -360,7 +364,8 @@ def start_ray_head(
         args.append(f"--autoscaling-config={autoscaling_config}")
     args += list(extra_args)
 
-    proc = _spawn(args, tdir / "ray-start-head.log", ray_cli_env(env))
+    node_env = ray_cli_env(env)
+    proc = _spawn(args, tdir / "ray-start-head.log", node_env)
     head = LocalRayHead(
         popen=proc.popen,
         args=proc.args,
@@ -374,7 +379,7 @@ def start_ray_head(
         head.wait_ready(ready_timeout)
         if head.dashboard_url:
             wait_for_dashboard(head.dashboard_url, timeout=ready_timeout,
-                               agent_url=f"http://{node_ip_address}:{agent_port}")
+                               agent_url=f"http://{node_ip_address}:{agent_port}", env=node_env)
     except BaseException:
         head.stop()
         raise
@@ -422,28 +427,45 @@ def _auth_mode() -> str:
     return os.environ.get("RAY_AUTH_MODE", "disabled").lower()
 
 
-def _auth_headers() -> dict[str, str]:
-    """In token mode the dashboard wants the token (RAY_AUTH_TOKEN or ~/.ray/auth_token) as a bearer header."""
-    if _auth_mode() != "token":
-        return {}
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+def use_private_auth_token() -> None:
+    """Call before a local ``ray.init()`` (a new cluster of this process): token auth with a fresh token held only in
+    this process's environment, which the cluster's processes inherit. Left alone, Ray 2.60 writes the token to
+    ~/.ray/auth_token, and from then on every ``ray start --head`` of the user turns token auth on, which its
+    ``ray job submit`` (mode "disabled" unless RAY_AUTH_MODE says "token") cannot pass. An auth mode or token the
+    user set is kept."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token --generate`
+    if "ray._raylet" in sys.modules:  # Ray read its config at import: refresh it, as Ray does when it turns token on
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
+def _auth_headers(env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The bearer header for a dashboard started with ``env``: its token (RAY_AUTH_TOKEN, the RAY_AUTH_TOKEN_PATH
+    file, or ~/.ray/auth_token) when there is one; a dashboard without token auth ignores it."""
+    token = env.get("RAY_AUTH_TOKEN")
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path(env.get("HOME") or Path.home()) / ".ray" / "auth_token")
     if token is None and path.is_file():
         token = path.read_text().strip()
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def wait_for_dashboard(url: str, timeout: float = 60.0, agent_url: str | None = None) -> None:
+def wait_for_dashboard(url: str, timeout: float = 60.0, agent_url: str | None = None,
+                       env: Mapping[str, str] = os.environ) -> None:
     """Wait until the dashboard's job API (``/api/version``) answers 200 and, with ``agent_url``, the head node's
     dashboard agent too (``/api/local_raylet_healthz``): job submissions are forwarded to that agent, and one sent
-    while it still starts fails with "Server disconnected"."""
+    while it still starts fails with "Server disconnected". ``env``: the head's environment (its auth token)."""
     deadline = time.monotonic() + timeout
     for endpoint in [url.rstrip("/") + "/api/version"] + ([agent_url.rstrip("/") + "/api/local_raylet_healthz"]
                                                          if agent_url else []):
         last: Exception | None = None
         while True:
             try:
-                request = urllib.request.Request(endpoint, headers=_auth_headers())
+                request = urllib.request.Request(endpoint, headers=_auth_headers(env))
                 with urllib.request.urlopen(request, timeout=5) as r:
                     if r.status == 200:
                         break

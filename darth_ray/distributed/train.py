@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
 STATE_FILE = "darth_state.pt"
 PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
+ERROR_KEY = "error"  # in the last report of a run stopped by a non-finite loss: what happened
+
+
+class NonFiniteLossError(RuntimeError):
+    """A DARTH loss became NaN or infinite; the run's latest checkpoint is the last one before it."""
 
 
 @dataclass(frozen=True)
@@ -172,8 +177,9 @@ def evaluate_sharded(model, sequences, tracker_params: dict, rank: int, world: i
     return results, (score_results(with_gt, results) if with_gt else {})
 
 
-def train_func(config: dict) -> None:
-    """The per-worker loop handed to TorchTrainer. `config` = TrainLoopConfig fields as a dict."""
+def train_func(config: dict) -> str | None:
+    """The per-worker loop handed to TorchTrainer. `config` = TrainLoopConfig fields as a dict. Returns the error
+    that stopped the run early (a non-finite loss; the Result's `return_value`), None when it ran to the end."""
     import ray.train
 
     from darth_ray.adapt.config import DarthConfig
@@ -216,9 +222,16 @@ def train_func(config: dict) -> None:
         logger = TrialLogger(WandbSettings(**settings), loop.run_name,
                              {**darth_config.to_dict(), "workers": world}, run_id=loop.wandb.get("run_id"))
     first_step, started = run.step, time.perf_counter()
+    error = None
     try:
         while run.step < run.total_steps:
-            losses = run.run_step()
+            losses, error = _step_on_every_rank(run, world)
+            if error:
+                # Deterministic: restarting from the last checkpoint (FailureConfig) would diverge the same way. The
+                # run ends with the error in its last report; the checkpoints stay those before the step.
+                ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from,
+                                  ERROR_KEY: error, **last_eval})
+                return error
             if loop.fail_at_step is not None and run.step == loop.fail_at_step and rank == min(1, world - 1) \
                     and loop.fail_marker and not os.path.exists(loop.fail_marker):
                 Path(loop.fail_marker).write_text(f"failed at step {run.step}\n")
@@ -250,7 +263,24 @@ def train_func(config: dict) -> None:
                 _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
     finally:
         if logger:
-            logger.finish()
+            logger.finish(exit_code=1 if error else 0)
+
+
+def _step_on_every_rank(run, world: int) -> tuple[dict | None, str | None]:
+    """One DARTH step: (losses, None), or (None, the error) on every rank when any rank's loss was non-finite
+    (they stop together; a rank going on would wait in the next all-reduce forever)."""
+    try:
+        losses, error = run.run_step(), None
+    except FloatingPointError as e:
+        losses, error = None, str(e)
+    if world > 1:
+        failed = torch.tensor([float(error is not None)], device=run.device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failed.item():
+            errors = [None] * world
+            dist.all_gather_object(errors, error and f"rank {dist.get_rank()}: {error}")
+            error = "; ".join(e for e in errors if e)
+    return losses, error
 
 
 def _report(run, metrics: dict, evaluation: dict, with_checkpoint: bool, final: bool) -> None:

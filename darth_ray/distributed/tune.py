@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from darth_ray.distributed.train import TrainLoopConfig, train_func
+from darth_ray.distributed.train import ERROR_KEY, NonFiniteLossError, TrainLoopConfig, train_func
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
 
 def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, storage_path: str, name: str,
               max_failures: int = 1, in_tune: bool = False):
-    """Fit one TorchTrainer running `train_func`; returns its ray.train.Result."""
+    """Fit one TorchTrainer running `train_func`; returns its ray.train.Result. A run stopped by a non-finite loss
+    returns with `error` set (a NonFiniteLossError naming the step and the last good checkpoint, which is
+    `checkpoint`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -112,7 +114,12 @@ def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, stora
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
-    return trainer.fit()
+    result = trainer.fit()
+    if result.return_value:  # train_func stopped at a non-finite loss
+        last = result.checkpoint.path if result.checkpoint else "none"
+        result = dataclasses.replace(result, error=NonFiniteLossError(
+            f"{result.return_value}; last good checkpoint: {last}"))
+    return result
 
 
 def _trial(config: dict, base: dict) -> None:
@@ -129,8 +136,12 @@ def _trial(config: dict, base: dict) -> None:
                  "group": base["name"], "dir": str(Path(base["storage_path"]) / base["name"]),  # runs: <dir>/wandb/
                  "run_id": f"{base['name']}-{trial_id}"}
     loop = dataclasses.replace(loop, darth={**loop.darth, **searched}, run_name=trial_name, wandb=wandb)
-    fit_trial(loop, base["workers"], base["gpus"], str(Path(base["storage_path"]) / base["name"] / "train"),
-              name=trial_id, max_failures=base["max_failures"], in_tune=True)
+    result = fit_trial(loop, base["workers"], base["gpus"], str(Path(base["storage_path"]) / base["name"] / "train"),
+                       name=trial_id, max_failures=base["max_failures"], in_tune=True)
+    if result.error:  # the trial errors (Tune does not retry it), its last result naming the last good checkpoint
+        tune.report({**(result.metrics or {}), ERROR_KEY: str(result.error),
+                     "checkpoint_path": result.checkpoint.path if result.checkpoint else None})
+        raise result.error
 
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True):
