@@ -168,3 +168,15 @@ def test_loca_is_nan_without_true_positives(tmp_path):
 
     none = evaluate(*_write_benchmark(tmp_path / "none", {"b": gt}, {"b": misses}))
     assert np.isnan(none[COMBINED]["LocA"])
+
+
+def test_any_dataset_entry_point_keeps_the_motchallenge_path(tud):
+    """evaluate_dataset (what the CLI calls for every format) on a MOTChallenge folder: the same rows, table and JSON
+    as before there were other formats, and no class or attribute tables."""
+    from darth_ray.eval.metrics import evaluate_dataset, format_report
+
+    report = evaluate_dataset(tud / "gt", tud / "res")
+    expected = evaluate(tud / "gt", tud / "res")
+    assert report.sequences == expected and report.to_dict() == expected
+    assert report.classes == {} and report.attributes == {}
+    assert format_report(report) == format_table(expected)

@@ -10,38 +10,74 @@ LocA is the mean IoU of the true positives, so with none it is undefined and rep
 100 there (1e-10 / 1e-10). Like TrackEval, an alpha threshold with no true positives still counts 100 in the mean
 over thresholds when some lower threshold has them, so that LocA equals TrackEval's wherever it is defined.
 Ids are kept as int64 end to end (relabelled to 0..n-1 per sequence), so large ids never merge.
+
+Datasets read from COCO-video or Scalabel files (BDD100K, SHIFT) are scored as BDD100K scores them (TrackEval's
+BDD100K class): each class on its own (ground-truth `classes` and result classes index `class_names`); every
+ignore region (conf 0, of any class or none) is class-agnostic, and an unmatched tracker box more than half inside
+one is removed; nothing else is. Beside the overall values (every class's boxes pooled, TrackEval's
+`cls_comb_det_av`) come the per-class values and their mean, mHOTA, mMOTA and mIDF1 (`cls_comb_cls_av`, which
+BDD100K reports), taken over the classes that have ground truth: on a subset of videos a class that never appears
+would otherwise count as 0 (its HOTA is 0 in TrackEval). Counts (IDSW, FP, FN) in the mean row are sums, as there.
+The same values per video attribute (BDD100K's weather, timeofday, scene): the videos of each value pooled.
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from darth_ray.data.mot import (DISTRACTOR_CLASSES, PEDESTRIAN, VALID_MOT17_CLASSES, Sequence, Tracks,
-                                load_sequences, read_mot_file)
+from darth_ray.data.mot import (DISTRACTOR_CLASSES, PEDESTRIAN, VALID_MOT17_CLASSES, MotSequence, Sequence,
+                                Tracks, load_sequences, read_mot_file)
+from darth_ray.data.results import NO_CLASS, read_scalabel_results, results_to_tracks
 from darth_ray.io import InputError
 
 log = logging.getLogger(__name__)
 
 METRICS = ("HOTA", "DetA", "AssA", "LocA", "MOTA", "IDF1", "IDSW", "FP", "FN")
 COMBINED = "COMBINED"
+AVERAGE = "AVERAGE"  # the per-class row of the mean over classes with ground truth (Scalabel's name)
+CLASS_MEANS = {"mHOTA": "HOTA", "mMOTA": "MOTA", "mIDF1": "IDF1"}  # BDD100K's class-averaged headline metrics
+BY_CLASS, BY_ATTRIBUTE = "CLASSES", "ATTRIBUTES"  # their keys in the JSON beside the sequence rows
 _EPS = np.finfo(float).eps
+
+
+def _intersection_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a1, a2 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
+    b1, b2 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
+    wh = np.clip(np.minimum(a2, b2) - np.maximum(a1, b1), 0, None)
+    return wh[..., 0] * wh[..., 1]
 
 
 def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix [len(a), len(b)] of boxes given as x, y, w, h."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    a1, a2 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
-    b1, b2 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
-    wh = np.clip(np.minimum(a2, b2) - np.maximum(a1, b1), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
+    inter = _intersection_xywh(a, b)
     union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, _EPS), 0.0)
+
+
+def box_ioa_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)]: the share of each box of `a` that lies inside each box of `b` (0 for an empty box)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    area = (a[:, 2] * a[:, 3])[:, None]
+    return np.where(area > _EPS, _intersection_xywh(a, b) / np.maximum(area, _EPS), 0.0)
+
+
+def _match(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TrackEval's preprocessing match: Hungarian on IoU, pairs below 0.5 not allowed; (gt rows, tracker cols)."""
+    if not sim.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    match = np.where(sim < 0.5 - _EPS, 0.0, sim)
+    rows, cols = linear_sum_assignment(-match)
+    matched = match[rows, cols] > _EPS
+    return rows[matched], cols[matched]
 
 
 @dataclass
@@ -83,10 +119,8 @@ def preprocess(gt: Tracks, results: Tracks, num_frames: int, benchmark: str = "a
         trk = results.ids[r]
         classes, conf = gt.classes[g], gt.conf[g]
         if not mot15 and sim.size:
-            match = np.where(sim < 0.5 - _EPS, 0.0, sim)
-            rows, cols = linear_sum_assignment(-match)
-            matched = match[rows, cols] > _EPS
-            remove = cols[matched][np.isin(classes[rows[matched]], DISTRACTOR_CLASSES)]
+            rows, cols = _match(sim)
+            remove = cols[np.isin(classes[rows], DISTRACTOR_CLASSES)]
             trk, sim = np.delete(trk, remove), np.delete(sim, remove, axis=1)
         keep = (conf != 0) if mot15 else (conf != 0) & (classes == PEDESTRIAN)
         gt_ids.append(gt.ids[g][keep])
@@ -100,6 +134,28 @@ def preprocess(gt: Tracks, results: Tracks, num_frames: int, benchmark: str = "a
 def _relabel(ids_per_frame: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     unique = np.unique(np.concatenate(ids_per_frame)) if ids_per_frame else np.zeros(0, np.int64)
     return [np.searchsorted(unique, ids).astype(np.int64) for ids in ids_per_frame], len(unique)
+
+
+def preprocess_class(gt: Tracks, results: Tracks, num_frames: int, cls: int) -> SequenceData:
+    """TrackEval's BDD100K preprocessing of class `cls` (1-based): its ground truth (conf != 0) against the tracker
+    boxes of that class, less the unmatched ones more than half inside an ignore region (conf 0, any class)."""
+    gt_ids, tracker_ids, similarity = [], [], []
+    for t in range(1, num_frames + 1):
+        g, r = gt.frame_rows(t), results.frame_rows(t)
+        scored = (gt.conf[g] != 0) & (gt.classes[g] == cls)
+        mine = results.classes[r] == cls
+        boxes = results.boxes[r][mine]
+        sim = box_iou_xywh(gt.boxes[g][scored], boxes)
+        unmatched = np.setdiff1d(np.arange(len(boxes)), _match(sim)[1])
+        in_crowd = (box_ioa_xywh(boxes[unmatched], gt.boxes[g][gt.conf[g] == 0]) > 0.5 + _EPS).any(axis=1)
+        keep = np.ones(len(boxes), bool)
+        keep[unmatched[in_crowd]] = False
+        gt_ids.append(gt.ids[g][scored])
+        tracker_ids.append(results.ids[r][mine][keep])
+        similarity.append(sim[:, keep])
+    gt_ids, n_gt = _relabel(gt_ids)
+    tracker_ids, n_trk = _relabel(tracker_ids)
+    return SequenceData(gt_ids, tracker_ids, similarity, n_gt, n_trk)
 
 
 def _hota(data: SequenceData):
@@ -154,12 +210,149 @@ def evaluate_pairs(pairs: dict[str, tuple[Tracks, Tracks, int]], benchmark: str 
     return out
 
 
-def score_results(sequences: list[Sequence], results: dict[str, dict]) -> dict[str, dict]:
-    """Metrics of per-sequence result arrays ({"frames", "ids", "boxes", "scores"}), exactly as if they had been
-    written with `write_results` and read back."""
-    from darth_ray.data.results import results_to_tracks
+@dataclass
+class _Part:
+    """One sequence and class, scored: what pooling over sequences, classes or attribute groups combines."""
 
-    return evaluate_pairs({s.name: (s.gt, results_to_tracks(**results[s.name]), s.num_frames) for s in sequences})
+    hota: dict   # TrackEval HOTA's per-sequence result
+    clear: dict  # py-motmetrics' partial (cached intermediate counts), which its compute_overall pools
+
+
+def _score_part(data: SequenceData) -> _Part:
+    import motmetrics as mm
+
+    clear = mm.metrics.create().compute(_accumulator(data), metrics=_CLEAR_METRICS, return_cached=True,
+                                        return_dataframe=False)
+    return _Part(_hota(data), clear)
+
+
+def _pooled(parts: list[_Part]) -> dict:
+    import motmetrics as mm
+    from trackeval.metrics import HOTA
+
+    hota = HOTA().combine_sequences(dict(enumerate(p.hota for p in parts)))
+    clear = mm.metrics.create().compute_overall([p.clear for p in parts], metrics=_CLEAR_METRICS,
+                                                return_dataframe=False)
+    return _row(hota, clear)
+
+
+def class_average(rows: dict[str, dict]) -> dict:
+    """The mean of per-class rows over the classes with ground truth (TrackEval's cls_comb_cls_av restricted to
+    them): rates are means (LocA over the classes where it is defined), counts are sums."""
+    with_gt = [row for row in rows.values() if row["GT_Dets"] > 0]
+    template = next(iter(rows.values()))
+    out = {}
+    for key, value in template.items():
+        values = [row[key] for row in with_gt]
+        if isinstance(value, int):
+            out[key] = int(sum(values))
+        else:
+            defined = [v for v in values if not math.isnan(v)] if key == "LocA" else values
+            out[key] = float(np.mean(defined)) if defined else math.nan
+    return out
+
+
+def _class_summary(parts: dict[str, list[_Part]]) -> tuple[dict, dict[str, dict]]:
+    """(every part pooled with mHOTA, mMOTA, mIDF1 added; {class: its parts pooled})."""
+    per_class = {name: _pooled(class_parts) for name, class_parts in parts.items()}
+    overall = _pooled([p for class_parts in parts.values() for p in class_parts])
+    average = class_average(per_class)
+    return {**overall, **{m: average[key] for m, key in CLASS_MEANS.items()}}, per_class
+
+
+@dataclass
+class Report:
+    """Scores of a dataset. `sequences`: per sequence and COMBINED, every class's boxes pooled (for class-indexed
+    data with mHOTA, mMOTA, mIDF1 added); `classes`: per class over all sequences (the classes with ground truth
+    or results), then AVERAGE; `attributes`: per video attribute value ("timeofday=night"), its sequences pooled.
+    MOTChallenge folders (one class, no attributes) fill only `sequences`."""
+
+    sequences: dict[str, dict]
+    classes: dict[str, dict] = field(default_factory=dict)
+    attributes: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON of `evaluate --json` and metrics.json: the sequence rows (COMBINED among them, as for
+        MOTChallenge data), then CLASSES and ATTRIBUTES where there are any."""
+        extra = {BY_CLASS: self.classes} if self.classes else {}
+        return {**self.sequences, **extra, **({BY_ATTRIBUTE: self.attributes} if self.attributes else {})}
+
+
+def attribute_groups(sequences: list[Sequence], keys: list[str] | None = None) -> dict[str, list[str]]:
+    """{"key=value": sequence names} per video attribute, sorted; by default every key with text values (BDD100K's
+    weather, timeofday, scene). A sequence without the key is in no group of it."""
+    if keys is None:
+        keys = sorted({k for s in sequences for k, v in s.attributes.items() if isinstance(v, str)})
+    groups = defaultdict(list)
+    for key in keys:
+        for seq in sequences:
+            if key in seq.attributes:
+                groups[f"{key}={seq.attributes[key]}"].append(seq.name)
+    return dict(sorted(groups.items()))
+
+
+def _class_indexed(tracks: Tracks, seq: Sequence) -> Tracks:
+    """Results whose classes are checked against `seq.class_names`; with one class, rows without one (-1) are it."""
+    names = seq.class_names
+    classes = np.where(tracks.classes == NO_CLASS, 1.0, tracks.classes) if len(names) == 1 else tracks.classes
+    bad = (classes != np.round(classes)) | (classes < 1) | (classes > len(names))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(tracks.path or f"results of {seq.name}",
+                         f"class {tracks.classes[i]:g} is not one of this dataset's classes 1..{len(names)} "
+                         f"({', '.join(names)}); results of several classes need one (column 8 of a result file, "
+                         f"the tracker's labels)",
+                         int(tracks.lines[i]) if tracks.path is not None else None)
+    return replace(tracks, classes=classes)
+
+
+def evaluate_sequences(sequences: list[Sequence], results: dict[str, Tracks], attributes: list[str] | None = None,
+                       benchmark: str = "auto") -> Report:
+    """Score results ({seq: Tracks}) of sequences with ground truth. MOTChallenge folders: the MOTChallenge path
+    (`benchmark` as in `preprocess`); other formats: per class as BDD100K, by class and by video attribute
+    (`attributes`: the keys to group by, see `attribute_groups`)."""
+    if not sequences:
+        raise ValueError("nothing to evaluate")
+    if all(isinstance(s, MotSequence) for s in sequences):
+        return Report(evaluate_pairs({s.name: (s.gt, results[s.name], s.num_frames) for s in sequences}, benchmark))
+    if benchmark != "auto":
+        raise ValueError(f"benchmark {benchmark!r} applies to MOTChallenge folders only")
+    names = sequences[0].class_names
+    if any(isinstance(s, MotSequence) or s.class_names != names for s in sequences):
+        raise ValueError("the sequences to score together must come from one dataset (the same classes)")
+    parts = {}  # seq -> {class name: [part]}
+    for seq in sequences:
+        tracks = _class_indexed(results[seq.name], seq)
+        present = set(seq.gt.classes[seq.gt.conf != 0]) | set(tracks.classes)
+        # A class absent from both adds nothing; a sequence without any boxes still gets its (empty) row.
+        chosen = [k for k in range(1, len(names) + 1) if k in present] or [1]
+        parts[seq.name] = {names[k - 1]: [_score_part(preprocess_class(seq.gt, tracks, seq.num_frames, k))]
+                           for k in chosen}
+
+    def pooled(seq_names: list[str]) -> tuple[dict, dict]:
+        by_class = defaultdict(list)
+        for name in seq_names:
+            for cls, class_parts in parts[name].items():
+                by_class[cls] += class_parts
+        return _class_summary({n: by_class[n] for n in names if n in by_class})
+
+    rows = {s.name: pooled([s.name])[0] for s in sequences}
+    rows[COMBINED], per_class = pooled(list(parts))
+    groups = attribute_groups(sequences, attributes)
+    return Report(rows, {**per_class, AVERAGE: class_average(per_class)},
+                  {group: pooled(members)[0] for group, members in groups.items()})
+
+
+def score_report(sequences: list[Sequence], results: dict[str, dict], attributes: list[str] | None = None) -> Report:
+    """The Report of per-sequence result arrays ({"frames", "ids", "boxes", "scores"[, "labels"]}), exactly as if
+    they had been written with `write_results` and read back."""
+    return evaluate_sequences(sequences, {s.name: results_to_tracks(**results[s.name]) for s in sequences},
+                              attributes)
+
+
+def score_results(sequences: list[Sequence], results: dict[str, dict]) -> dict[str, dict]:
+    """The per-sequence and COMBINED rows of `score_report` (what training and Tune report)."""
+    return score_report(sequences, results).sequences
 
 
 def load_results(results_dir: Path, sequences: list[Sequence]) -> dict[str, Tracks]:
@@ -192,14 +385,46 @@ def evaluate(gt_dir: Path, results_dir: Path, sequences: list[str] | None = None
     return evaluate_pairs({s.name: (s.gt, results[s.name], s.num_frames) for s in seqs}, benchmark)
 
 
-def format_table(metrics: dict[str, dict], columns=METRICS) -> str:
-    """A fixed-width table, one row per sequence, COMBINED last."""
-    width = max(len(COMBINED), *(len(k) for k in metrics))
-    head = f"{'sequence':<{width}}  " + "  ".join(f"{c:>7}" for c in columns)
+def read_results(path: Path, sequences: list[Sequence]) -> dict[str, Tracks]:
+    """Results of every sequence: a folder of `<seq>.txt` (MOTChallenge text, see `load_results`), or Scalabel
+    JSON, a file or a folder of *.json without *.txt (see darth_ray.data.results)."""
+    path = Path(path)
+    scalabel = path.is_file() or (path.is_dir() and not any(path.glob("*.txt")) and any(path.glob("*.json")))
+    return read_scalabel_results(path, sequences) if scalabel else load_results(path, sequences)
+
+
+def evaluate_dataset(data: Path, results: Path, split: str | None = None, images: Path | None = None,
+                     classes: list[str] | None = None, class_map: dict[str, str] | None = None,
+                     attributes: list[str] | None = None, benchmark: str = "auto") -> Report:
+    """Evaluate results (`read_results`) against any dataset `load_dataset` reads (its arguments)."""
+    from darth_ray.data.dataset import load_dataset
+
+    sequences, _ = load_dataset(data, split, images, classes, class_map, require_gt=True)
+    return evaluate_sequences(sequences, read_results(results, sequences), attributes, benchmark)
+
+
+def format_table(metrics: dict[str, dict], columns=METRICS, label: str = "sequence") -> str:
+    """A fixed-width table, one row per sequence (or class, or attribute value); COMBINED and AVERAGE last."""
+    width = max(len(COMBINED), len(label), *(len(k) for k in metrics))
+    head = f"{label:<{width}}  " + "  ".join(f"{c:>7}" for c in columns)
     lines = [head, "-" * len(head)]
+    previous = None
     for name, row in metrics.items():
-        if name == COMBINED:
+        if name in (COMBINED, AVERAGE) and previous not in (COMBINED, AVERAGE):
             lines.append("-" * len(head))
         cells = [f"{row[c]:7.2f}" if isinstance(row[c], float) else f"{row[c]:7d}" for c in columns]
         lines.append(f"{name:<{width}}  " + "  ".join(cells))
+        previous = name
     return "\n".join(lines)
+
+
+def format_report(report: Report) -> str:
+    """The sequence table (exactly `format_table` for MOTChallenge data), then per class and per attribute."""
+    if not report.classes:
+        return format_table(report.sequences)
+    with_means = METRICS + tuple(CLASS_MEANS)
+    tables = [format_table(report.sequences, with_means),
+              format_table({**report.classes, COMBINED: report.sequences[COMBINED]}, METRICS, label="class")]
+    if report.attributes:
+        tables.append(format_table(report.attributes, with_means, label="attribute"))
+    return "\n\n".join(tables)
