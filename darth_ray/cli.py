@@ -35,17 +35,41 @@ def _synth(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from darth_ray.eval.metrics import evaluate, format_table
+    from darth_ray.eval.metrics import evaluate_dataset, format_report
 
     if args.json:
         gt, results = Path(args.gt), Path(args.results)
-        read = [*results.glob("*.txt"), *gt.glob("*/gt/gt.txt"), *gt.glob("*/seqinfo.ini")]
-        check_output_file(args.json, inputs=read, flag="--json")
-    metrics = evaluate(args.gt, args.results, benchmark=args.benchmark)
-    print(format_table(metrics))
+        texts = list(results.glob("*.txt"))  # a folder of Scalabel JSON results is read when it has no *.txt
+        read = [*(texts or results.glob("*.json")), *gt.glob("*/gt/gt.txt"), *gt.glob("*/seqinfo.ini")]
+        check_output_file(args.json, inputs=read + ([gt] if gt.is_file() else []), flag="--json")
+    report = evaluate_dataset(args.gt, args.results, split=args.split, images=args.images, classes=args.classes,
+                              class_map=args.class_map, benchmark=args.benchmark)
+    print(format_report(report))
     if args.json:
-        atomic_write_json(args.json, metrics)
+        atomic_write_json(args.json, report.to_dict())
         print(f"wrote {args.json}")
+
+
+def _class_map(text: str) -> dict[str, str]:
+    """MODEL=DATASET,... as a dict (argparse type)."""
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected MODEL_CLASS=DATASET_CATEGORY[,...], got {text!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _add_dataset_options(p: argparse.ArgumentParser, data_flag: str) -> None:
+    g = p.add_argument_group(
+        "dataset", f"{data_flag} is a MOTChallenge/DanceTrack folder (root or split), an mmtrack COCO-video JSON "
+                   "(*_cocofmt.json; the authors' ann_file), or BDD100K/SHIFT Scalabel labels (a file or folder)")
+    g.add_argument("--split", default=None, help=f"split under {data_flag} (e.g. val)")
+    g.add_argument("--images", type=Path, default=None,
+                   help="image root for the JSON formats (the config's img_prefix)")
+    g.add_argument("--classes", nargs="+", default=None, metavar="NAME",
+                   help="classes to keep, in the model's order (e.g. pedestrian: the 'Ped.' settings); other "
+                        "categories are dropped, their crowd boxes stay ignore regions")
+    g.add_argument("--class-map", type=_class_map, default=None, metavar="MODEL=DATA,...",
+                   help="model class -> dataset category where the names differ (e.g. person=pedestrian)")
 
 
 def _tracker_params(args: argparse.Namespace) -> dict:
@@ -67,8 +91,10 @@ def _add_tracker_options(p: argparse.ArgumentParser) -> None:
 def _track(args: argparse.Namespace) -> None:
     import torch
 
-    from darth_ray.data.mot import load_sequences
-    from darth_ray.eval.metrics import format_table, score_results
+    from darth_ray.data.dataset import dataset_options, load_dataset
+    from darth_ray.data.mot import MotSequence
+    from darth_ray.data.results import write_scalabel_results
+    from darth_ray.eval.metrics import format_report, score_report
     from darth_ray.eval.track import track_sequences
     from darth_ray.models.qdtrack import load_checkpoint
 
@@ -77,19 +103,26 @@ def _track(args: argparse.Namespace) -> None:
     device = _device(args.device)
     model, _ = load_checkpoint(args.checkpoint, map_location=device)
     model.to(device)
-    sequences = load_sequences(args.data, split=args.split, require_images=True)
+    sequences, _ = load_dataset(args.data, split=args.split, images=args.images, classes=args.classes,
+                                class_map=args.class_map, require_images=True)
+    scalabel = not all(isinstance(seq, MotSequence) for seq in sequences)  # BDD100K/SHIFT: also their format
     provenance = {"checkpoint": str(args.checkpoint.resolve()), "checkpoint_sha256": file_sha256(args.checkpoint),
                   "data": str(args.data.resolve()), "split": args.split, "max_size": args.max_size,
-                  **_tracker_params(args)}
-    claim_output_dir(args.out, "track", provenance, [f"{seq.name}.txt" for seq in sequences] + ["metrics.json"],
-                     inputs=[args.checkpoint])
+                  **dataset_options(args.images, args.classes), **_tracker_params(args)}
+    outputs = [f"{seq.name}.txt" for seq in sequences] + ["metrics.json"]
+    outputs += [f"scalabel/{seq.name}.json" for seq in sequences] if scalabel else []
+    claim_output_dir(args.out, "track", provenance, outputs, inputs=[args.checkpoint])
     results = track_sequences(model, sequences, args.out, _tracker_params(args), batch_size=args.batch_size,
                               max_size=args.max_size, show_progress=not args.quiet)
     print(f"wrote {len(results)} result files to {args.out}")
+    if scalabel:
+        for seq in sequences:
+            write_scalabel_results(Path(args.out) / "scalabel" / f"{seq.name}.json", seq, **results[seq.name])
+        print(f"wrote Scalabel results to {Path(args.out) / 'scalabel'}")
     if all(seq.has_gt for seq in sequences):
-        metrics = score_results(sequences, results)
-        print(format_table(metrics))
-        atomic_write_json(Path(args.out) / "metrics.json", metrics)
+        report = score_report(sequences, results)
+        print(format_report(report))
+        atomic_write_json(Path(args.out) / "metrics.json", report.to_dict())
         print(f"wrote {Path(args.out) / 'metrics.json'}")
 
 
@@ -167,12 +200,12 @@ def _boolean(text: str) -> bool:
     return value
 
 
-def _config_from_args(args: argparse.Namespace, config_cls):
+def _given_fields(args: argparse.Namespace, config_cls) -> dict:
+    """The fields of `config_cls` given as options on the command line (the rest keep their defaults)."""
     import dataclasses
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
-              if getattr(args, f.name, None) is not None}
-    return config_cls.from_dict(values)
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+            if getattr(args, f.name, None) is not None}
 
 
 def _adapt(args: argparse.Namespace) -> None:
@@ -184,10 +217,21 @@ def _adapt(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = _config_from_args(args, DarthConfig)
+    device = _device(args.device)
+    given = _given_fields(args, DarthConfig)
+    tracker, classes = _tracker_params(args), args.classes
+    if args.config:  # the file's settings, then the options given on the command line
+        from darth_ray.mmconfig import darth_settings
+
+        settings = darth_settings(args.config, args.source)
+        given = {**settings["darth"], **given}
+        tracker = {**settings["tracker"], **tracker}
+        classes = classes or settings["classes"]
+    config = DarthConfig.from_dict(given)
     summary = adapt(args.source, args.target, args.out, config, split=args.split,
-                    checkpoint_every=args.checkpoint_every, tracker_params=_tracker_params(args),
-                    resume=not args.no_resume, evaluate_source=args.compare_source, show_progress=not args.quiet)
+                    checkpoint_every=args.checkpoint_every, tracker_params=tracker,
+                    resume=not args.no_resume, evaluate_source=args.compare_source, show_progress=not args.quiet,
+                    device=device, images=args.images, classes=classes)
     print(f"adapted student: {summary['final_checkpoint']}")
     if "metrics" in summary:
         if "source_metrics" in summary:
@@ -247,12 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score tracker results against ground truth",
                        description="HOTA, DetA, AssA, LocA (TrackEval) and MOTA, IDF1, IDSW, FP, FN (py-motmetrics, "
                                    "IoU 0.5), per sequence and COMBINED. Percentages are 0..100.")
-    p.add_argument("--gt", type=Path, required=True, help="directory of <seq>/{gt/gt.txt,seqinfo.ini}")
-    p.add_argument("--results", type=Path, required=True, help="directory of <seq>.txt result files")
+    p.add_argument("--gt", type=Path, required=True,
+                   help="ground truth: a MOTChallenge folder of <seq>/{gt/gt.txt,seqinfo.ini}, a COCO-video JSON or "
+                        "Scalabel labels (per-class, class-averaged mHOTA/mMOTA/mIDF1 and per video attribute)")
+    p.add_argument("--results", type=Path, required=True,
+                   help="directory of <seq>.txt result files, or Scalabel JSON results (a file or folder)")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics as JSON here")
     p.add_argument("--benchmark", choices=("auto", "MOT15", "MOT17"), default="auto",
                    help="MOT15: no class column; MOT17: classes with distractors and ignore flags "
                         "(also MOT16/20 and DanceTrack); auto: decide from the ground truth (default)")
+    _add_dataset_options(p, "--gt")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("train-source", help="supervised QDTrack training on a labelled domain",
@@ -283,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Writes OUT/<seq>.txt for every sequence; when the sequences have ground "
                                    "truth, also prints the metrics and writes OUT/metrics.json.")
     p.add_argument("--checkpoint", type=Path, required=True, help="a darth_ray checkpoint (final.pt)")
-    p.add_argument("--data", type=Path, required=True, help="dataset root or split directory")
-    p.add_argument("--split", default=None, help="split under --data (e.g. val)")
-    p.add_argument("--out", type=Path, required=True, help="output directory for <seq>.txt")
+    p.add_argument("--data", type=Path, required=True, help="the sequences to track (see the dataset options)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output directory for <seq>.txt (and scalabel/<seq>.json for BDD100K/SHIFT data)")
     p.add_argument("--max-size", type=_positive_int, default=None,
                    help="resize frames to fit MAX x MAX keeping the ratio (e.g. 1088 for DanceTrack; default: "
                         "native size)")
@@ -293,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataset_options(p, "--data")
     _add_tracker_options(p)
     p.set_defaults(handler=_track)
 
@@ -304,9 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/adapt_log.jsonl (per-step losses), and, "
                                    "when the targets have ground truth, OUT/results/<seq>.txt and OUT/metrics.json.")
     p.add_argument("--source", type=Path, required=True, help="source checkpoint (train-source's final.pt)")
-    p.add_argument("--target", type=Path, required=True, help="target dataset root or split directory")
-    p.add_argument("--split", default=None, help="split under --target (e.g. val)")
+    p.add_argument("--target", type=Path, required=True, help="the target sequences (see the dataset options)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--config", type=Path, default=None,
+                   help="a DARTH adapter config of the authors (e.g. darth_qdtrack_faster-rcnn_r50_fpn_4e_dancetrack"
+                        ".py): its views, losses, EMA, conf_thr, optimiser, schedule and tracker; the options below "
+                        "override it; its model must be --source's (see `darth-ray config show`)")
+    p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (50)")
     p.add_argument("--compare-source", action="store_true",
                    help="also track with the source model and write OUT/source_metrics.json")
@@ -314,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUT/last.pt exists (never in another command's --out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataset_options(p, "--target")
     from darth_ray.adapt.config import DarthConfig
     _add_config_options(p, DarthConfig, "DARTH configuration (the knobs Ray Tune searches)")
     _add_tracker_options(p)

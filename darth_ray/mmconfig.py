@@ -711,3 +711,36 @@ def model_config_from_file(path: str | Path):
     if config != R50_FPN:
         config = dataclasses.replace(config, name=Path(path).stem)
     return config, list(resolved.model.get("classes") or [])
+
+
+def darth_settings(path: str | Path, source: str | Path) -> dict:
+    """What `darth-ray adapt --config FILE --source CKPT` runs: the file's DarthConfig fields, tracker values and
+    classes. The file's model must be the checkpoint's (a converted mmtrack checkpoint records it): a difference
+    is an error naming each field, never a silent mix of the two."""
+    import dataclasses
+
+    import torch
+
+    from darth_ray.adapt.config import DarthConfig
+    from darth_ray.models.config import ModelConfig
+
+    resolved = read_config(path)
+    if resolved.kind != "darth":
+        raise InputError(path, f"is a {resolved.kind} (source training) config; adapt takes a DARTH adapter config")
+    try:
+        checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+        stored = ModelConfig.from_dict(checkpoint["model_config"])
+    except Exception as e:  # noqa: BLE001 - any failure means the checkpoint cannot be compared
+        raise InputError(source, f"cannot read its model configuration ({type(e).__name__}: {e})") from None
+    differences = [f"{name}: {resolved.model[name]!r} in the config, {getattr(stored, name)!r} in the checkpoint"
+                   for name in (f.name for f in dataclasses.fields(ModelConfig)) if name != "name"
+                   and name in resolved.model and _freeze(resolved.model[name]) != _freeze(getattr(stored, name))]
+    stored_classes = checkpoint.get("classes")
+    if stored_classes is not None and list(stored_classes) != list(resolved.model.get("classes") or []):
+        differences.append(f"classes: {resolved.model.get('classes')} in the config, {stored_classes} in the "
+                           "checkpoint")
+    if differences:
+        raise InputError(path, f"describes another model than {source}:\n  " + "\n  ".join(differences)
+                         + f"\n(convert the source with `darth-ray convert-mmtrack --config` of its training config)")
+    DarthConfig.from_dict(resolved.darth)  # every value the file sets is a valid DarthConfig field
+    return {"darth": resolved.darth, "tracker": resolved.tracker, "classes": resolved.model.get("classes") or None}

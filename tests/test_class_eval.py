@@ -275,8 +275,8 @@ def results_case(edit):
 
 
 RESULT_ERRORS = [
-    (lambda f: f[1]["labels"][0].update(category="rider"),
-     r"\[1\] \(video 'v'\) labels\[0\]: category 'rider' is not one of the evaluated classes"),
+    (lambda f: f[1]["labels"][0].update(category="spaceship"),
+     r"\[1\] \(video 'v'\) labels\[0\]: category 'spaceship' is not one of the evaluated classes"),
     (lambda f: f[1].update(videoName="w"), r"\[1\]: results for video 'w', which is not in the ground truth"),
     (lambda f: f[1].update(frameIndex=2), r"\[1\]: frameIndex 2 is outside 0..1 of video 'v'"),
     (lambda f: f[1].update(frameIndex=0), r"\[1\]: frame 0 of video 'v' is listed twice"),
@@ -311,3 +311,14 @@ def test_results_without_a_needed_class_or_a_video_are_refused(tmp_path):
     assert report.classes["pedestrian"]["GT_Dets"] == 4 and report.sequences["v"]["FP"] == 0
     with pytest.raises(ValueError, match="MOTChallenge folders only"):
         evaluate_dataset(tmp_path / "gt", tmp_path / "txt", classes=["pedestrian"], benchmark="MOT17")
+
+
+def test_results_in_benchmark_categories_left_out_of_the_evaluation_are_skipped(tmp_path):
+    """An 8-class BDD100K model's results, scored with --classes car: its pedestrians are not errors."""
+    from darth_ray.eval.metrics import evaluate_dataset
+
+    sample = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "bdd100k-sample" / "labels"
+    if not sample.is_dir():
+        pytest.skip("the real BDD100K sample is absent")
+    report = evaluate_dataset(sample, sample, classes=["car"])
+    assert set(report.classes) == {"car", "AVERAGE"} and report.classes["car"]["HOTA"] == pytest.approx(100.0)

@@ -102,3 +102,73 @@ def test_config_show_json(capsys):
     assert main(["config", "show", "--config", str(path)]) == 0
     text = capsys.readouterr().out
     assert "[darth]" in text and "conf_thr = 0.7" in text and "[ignored]" in text
+
+
+@pytest.fixture(scope="module")
+def r50_checkpoint(tmp_path_factory):
+    """What `convert-mmtrack` makes of an mmtrack QDTrack checkpoint: the shared reference generator's well-
+    conditioned weights (random weights give huge boxes whose adaptive RoIAlign takes minutes on a CPU)."""
+    import importlib.util
+
+    import torch
+
+    from darth_ray.models.convert_mmtrack import convert_mmtrack_checkpoint
+
+    generator = CONFIGS.parent / "qdtrack-reference" / "make_mmtrack_ckpt.py"
+    spec = importlib.util.spec_from_file_location("make_mmtrack_ckpt", generator)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    d = tmp_path_factory.mktemp("r50")
+    torch.save({"state_dict": module.state_dict()}, d / "qdtrack.pth")
+    return convert_mmtrack_checkpoint(d / "qdtrack.pth", d / "qdtrack.pt")
+
+
+def test_every_adapter_config_builds_a_darth_config():
+    from darth_ray.adapt.config import DarthConfig
+
+    built = 0
+    for path in sorted(ADAPTERS.glob("*.py")):
+        try:
+            resolved = read_config(path)
+        except InputError:
+            continue
+        config = DarthConfig.from_dict(resolved.darth)
+        assert config.conf_thr == 0.7 and config.img_scale == (1088, 1088) and config.scale_to_batch
+        built += 1
+    assert built >= 5
+
+
+def test_adapt_config_must_describe_the_source_model(tiny):
+    from darth_ray.mmconfig import darth_settings
+
+    with pytest.raises(InputError) as e:
+        darth_settings(ADAPTERS / "darth_qdtrack_faster-rcnn_r50_fpn_4e_dancetrack.py", tiny / "source.pt")
+    assert "depth: 50 in the config, 18 in the checkpoint" in str(e.value)
+    assert "input_bgr: True in the config, False in the checkpoint" in str(e.value)
+
+
+def test_adapt_runs_what_the_config_file_describes(tiny, tmp_path, r50_checkpoint):
+    import shutil
+
+    # one tiny night sequence cut to 2 frames, without labels: one DARTH step of r50_fpn, no tracking
+    sequence = sorted((tiny / "bench" / "night" / "val").iterdir())[0]
+    target = tmp_path / "target" / sequence.name
+    shutil.copytree(sequence, target, ignore=shutil.ignore_patterns("gt", "00000003.*", "00000004.*", "00000005.*",
+                                                                     "00000006.*"))
+    ini = target / "seqinfo.ini"
+    ini.write_text(ini.read_text().replace("seqLength=6", "seqLength=2"))
+    target = target.parent
+    out = tmp_path / "out"
+    config = ADAPTERS / "darth_qdtrack_faster-rcnn_r50_fpn_4e_dancetrack.py"
+    argv = ["adapt", "--config", str(config), "--source", str(r50_checkpoint), "--target", str(target),
+            "--out", str(out), "--epochs", "1", "--img-scale", "64", "64", "--frame-size", "96", "64", "-q"]
+    assert main(argv) == 0
+    run = json.loads((out / "darth_run.json").read_text())["provenance"]
+    # from the file
+    assert (run["conf_thr"], run["ema_momentum"], run["lr"], run["lr_steps"]) == (0.7, 0.002, 0.002, [3])
+    assert (run["photometric_prob"], run["brightness_delta"], run["scale_range"]) == (0.5, 32.0, [0.8, 1.2])
+    assert run["classes"] == ["pedestrian"]
+    # the command line wins
+    assert (run["epochs"], run["img_scale"], run["frame_size"]) == (1, [64, 64], [96, 64])
+    log = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["epoch"] == 0  # 2 frames, 2 per step, 1 epoch

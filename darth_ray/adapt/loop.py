@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.darth import Darth
-from darth_ray.data.mot import Sequence, load_sequences
+from darth_ray.data.dataset import dataset_options, load_dataset
+from darth_ray.data.mot import Sequence
 from darth_ray.eval.track import track_and_score
 from darth_ray.io import (RESUME_FILE, atomic_torch_save, atomic_write_json, claim_output_dir, file_sha256,
                           read_torch_file)
@@ -120,19 +121,22 @@ class AdaptationRun:
 
 def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = DarthConfig(), split: str | None = None,
           checkpoint_every: int = 50, tracker_params: dict | None = None, resume: bool = True,
-          evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu") -> dict:
-    """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student.
+          evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu",
+          images: Path | None = None, classes: list[str] | None = None) -> dict:
+    """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student. `target` is
+    any dataset `load_dataset` reads (with `images` and `classes` for the JSON formats).
 
     Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
     OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses) and OUT/darth_run.json (what
     the run depends on: source checkpoint by path and sha256, target, split, config; a resume must match it).
     """
     out_dir = Path(out_dir)
-    sequences = load_sequences(target, split=split, require_images=True)
+    sequences, _ = load_dataset(target, split=split, images=images, classes=classes, require_images=True)
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     run = AdaptationRun(source, sequences, frames, config, device=device)
     provenance = {"source": str(Path(source).resolve()), "source_sha256": file_sha256(source),
-                  "target": str(Path(target).resolve()), "split": split, **config.to_dict()}
+                  "target": str(Path(target).resolve()), "split": split, **dataset_options(images, classes),
+                  **config.to_dict()}
     resuming = claim_output_dir(out_dir, "adapt", provenance, ADAPT_OUTPUTS, inputs=[source], resume=resume,
                                 defaults=DarthConfig().to_dict())
     last = out_dir / RESUME_FILE

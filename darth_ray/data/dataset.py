@@ -43,6 +43,13 @@ def load_dataset(path: Path, split: str | None = None, images: Path | None = Non
     return sequences, names
 
 
+def dataset_options(images: Path | None, classes: list[str] | None) -> dict:
+    """The reading options a result depends on, for a run's provenance (empty when none is given, so runs
+    recorded before these options existed still match)."""
+    return {**({"images": str(Path(images).resolve())} if images else {}),
+            **({"classes": list(classes)} if classes else {})}
+
+
 def _is_mot(path: Path, split: str | None) -> bool:
     folder = path / split if split and (path / split).is_dir() else path
     return folder.is_dir() and ((folder / "seqinfo.ini").is_file() or any(folder.glob("*/seqinfo.ini")))

@@ -21,10 +21,13 @@ import numpy as np
 
 from darth_ray.data.frames import FrameSequence, field
 from darth_ray.data.mot import Tracks
-from darth_ray.data.scalabel import read_frames
+from darth_ray.data.scalabel import BDD100K_CLASSES, BDD100K_IGNORED, SHIFT_CLASSES, read_frames
 from darth_ray.io import InputError, atomic_write_json, atomic_write_text
 
 NO_CLASS = -1.0  # the class column of a single-class result file
+
+# Categories of BDD100K and SHIFT: results in one that an evaluation leaves out are skipped, an unknown one is an error.
+KNOWN_CATEGORIES = {*BDD100K_CLASSES, *BDD100K_IGNORED, *SHIFT_CLASSES}
 
 
 def results_to_tracks(frames, ids, boxes, scores, labels=None) -> Tracks:
@@ -109,6 +112,8 @@ def read_scalabel_results(path: Path, sequences: list[FrameSequence]) -> dict[st
         for j, label in enumerate(field(file, frame, "labels", record, list, [])):
             where = f"{record} (video {video!r}) labels[{j}]"
             category = field(file, label, "category", where, str)
+            if category not in seq.class_names and category in KNOWN_CATEGORIES:
+                continue  # a category of the benchmark that this evaluation leaves out (--classes)
             if category not in seq.class_names:
                 raise InputError(file, f"{where}: category {category!r} is not one of the evaluated classes "
                                        f"{list(seq.class_names)}")
