@@ -240,3 +240,16 @@ def test_starting_over_removes_only_the_previous_runs_own_outputs(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["darth_run.json", "notes.txt"]
     assert (tmp_path / "victim").read_text() == "keep"
     assert json.loads((out / "darth_run.json").read_text())["provenance"] == {"data": "b"}
+
+
+def test_json_outputs_are_strict_json(tmp_path):
+    """NaN (LocA without true positives) and infinities are not JSON: written as null, readable by any parser."""
+    import math
+
+    from darth_ray.io import atomic_write_json
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    path = atomic_write_json(tmp_path / "m.json", {"LocA": math.nan, "rows": [1.5, -math.inf], "n": 3})
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"LocA": None, "rows": [1.5, None], "n": 3}
