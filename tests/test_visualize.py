@@ -119,3 +119,19 @@ def test_cli_refuses_bad_input_naming_it(data, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "v"), "--trail", "-1"]) == 2
     assert "trail must be >= 0" in capsys.readouterr().err
     assert sorted(p.name for p in results.iterdir()) == ["seq-a.txt"]  # nothing written beside the results
+
+
+def test_the_trackers_result_arrays_draw_as_their_result_file_does(data, tmp_path):
+    """What a Train worker hands over for its W&B video: the arrays of track_sequence (boxes x1y1x2y2)."""
+    from darth_ray.data.results import write_results as write_result_file
+
+    seq = load_sequences(data)[0]
+    x, y, w, h = LEFT
+    arrays = {"frames": np.arange(1, FRAMES + 1), "ids": np.full(FRAMES, 5),
+              "boxes": np.tile([x, y, x + w, y + h], (FRAMES, 1)).astype(float), "scores": np.full(FRAMES, 0.9)}
+    write_result_file(tmp_path / "results" / "seq-a.txt", *(arrays[k] for k in ("frames", "ids", "boxes", "scores")))
+    from_file = read_results(tmp_path / "results", [seq])[seq.name]
+    videos = [decode_mp4(sequence_video(seq, {"adapted": results}, tmp_path / f"{name}.mp4"))
+              for name, results in (("arrays", arrays), ("file", from_file))]
+    assert len(videos[0]) == FRAMES and all(np.array_equal(a, b) for a, b in zip(*videos))
+    assert np.abs(edge_colour(videos[0][0], LEFT) - id_colour(5)).max() < 40
