@@ -2,6 +2,7 @@
 
     darth-ray synth        generate the embedded DanceTrack-like benchmark (source + shifted target domains)
     darth-ray evaluate     score MOTChallenge result files: HOTA/DetA/AssA/LocA (TrackEval), MOTA/IDF1 (motmetrics)
+    darth-ray visualize    draw tracker results as one video per sequence (side by side with --compare)
     darth-ray train-source supervised QDTrack training on a labelled (source) domain
     darth-ray track        run a checkpoint + QuasiDenseTracker over sequences, write MOTChallenge results
     darth-ray adapt        DARTH test-time adaptation of a source checkpoint on unlabeled target sequences
@@ -48,6 +49,29 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.json:
         atomic_write_json(args.json, report.to_dict())
         print(f"wrote {args.json}")
+
+
+def _visualize(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from darth_ray.data.dataset import dataset_options, load_dataset
+    from darth_ray.eval.metrics import read_results
+    from darth_ray.eval.visualize import VideoConfig, panel_titles, write_videos
+
+    config = VideoConfig(**_given_fields(args, VideoConfig))
+    inputs = {"--results": args.results, "--data": args.data, **({"--compare": args.compare} if args.compare else {})}
+    for flag, path in inputs.items():  # results beside the videos would be read back with their darth_run.json
+        if args.out.exists() and path.exists() and args.out.samefile(path):
+            raise InputError(args.out, f"is the {flag} directory; write the videos to another --out")
+    sequences, _ = load_dataset(args.data, split=args.split, images=args.images, classes=args.classes,
+                                class_map=args.class_map, require_images=True, require_gt=args.gt)
+    dirs = [args.results] + ([args.compare] if args.compare else [])
+    result_sets = {title: read_results(d, sequences) for title, d in zip(panel_titles(dirs), dirs)}
+    provenance = {"data": str(args.data.resolve()), "split": args.split, **dataset_options(args.images, args.classes),
+                  "results": [str(d.resolve()) for d in dirs], **dataclasses.asdict(config)}
+    claim_output_dir(args.out, "visualize", provenance, [f"{s.name}.{config.format}" for s in sequences])
+    paths = write_videos(sequences, result_sets, args.out, config, show_progress=not args.quiet)
+    print(f"wrote {len(paths)} videos to {args.out}")
 
 
 def _class_map(text: str) -> dict[str, str]:
@@ -302,6 +326,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "(also MOT16/20 and DanceTrack); auto: decide from the ground truth (default)")
     _add_dataset_options(p, "--gt")
     p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("visualize", help="draw tracker results as one video per sequence",
+                       description="Writes OUT/<seq>.mp4 (or .gif): boxes coloured by track id (the same colour "
+                                   "for an id everywhere), short trails and the frame number; --compare puts a "
+                                   "second result set beside the first on the same frames, --gt draws the ground "
+                                   "truth (white; ignore regions grey).")
+    p.add_argument("--data", type=Path, required=True, help="the tracked sequences (see the dataset options)")
+    p.add_argument("--results", type=Path, required=True,
+                   help="directory of <seq>.txt result files, or Scalabel JSON results (a file or folder)")
+    p.add_argument("--compare", type=Path, default=None,
+                   help="a second result set (e.g. source-only beside adapted), drawn to the right")
+    p.add_argument("--gt", action="store_true", help="also draw the ground truth")
+    p.add_argument("--out", type=Path, required=True, help="output directory for the videos")
+    p.add_argument("--format", choices=("mp4", "gif"), default=None, help="video format (mp4)")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default: the sequence's frame rate)")
+    p.add_argument("--max-size", type=_positive_int, default=None,
+                   help="longer side of each panel at most this many pixels (960)")
+    p.add_argument("--trail", type=int, default=None, help="frames of trail behind each box; 0 = none (15)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataset_options(p, "--data")
+    p.set_defaults(handler=_visualize)
 
     p = sub.add_parser("train-source", help="supervised QDTrack training on a labelled domain",
                        description="Detection + quasi-dense track losses on key/reference frame pairs. Writes "

@@ -3,10 +3,11 @@
 - Bad input stops with an InputError that names the file (and line or field, or the command-line flag) it comes
   from; the CLI prints it as one line and exits with 2. Never a silent drop, never a traceback from deep inside a
   library (`read_torch_file` turns any failure to load a torch file into one).
-- Outputs are written atomically (`atomic_write_text`, `atomic_write_json`, `atomic_torch_save`): a crash
-  mid-write leaves either the old file or the new one, never half of one. They get the permissions a plain
-  `open(path, "w")` would give: a replaced file keeps its mode, a new one gets 0666 minus the umask (never the
-  temporary file's 0600, which other users of shared storage could not read).
+- Outputs are written atomically (`atomic_write_text`, `atomic_write_json`, `atomic_torch_save`,
+  `atomic_write_file` for any other writer): a crash mid-write leaves either the old file or the new one, never
+  half of one. They get the permissions a plain `open(path, "w")` would give: a replaced file keeps its mode, a
+  new one gets 0666 minus the umask (never the temporary file's 0600, which other users of shared storage could
+  not read).
 - An output never overwrites an input or another command's outputs. A command that writes a directory claims it
   first (`claim_output_dir`): OUT/darth_run.json records the command, its provenance (resolved input paths, the
   source checkpoint's sha256, every setting the result depends on) and the names it writes. A directory claimed by
@@ -39,7 +40,9 @@ class InputError(ValueError):
         return (type(self), (self.path, self.message, self.line))
 
 
-def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write_file(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """`write(tmp)` writes the whole file at a temporary path beside `path`, which then replaces `path`. The
+    temporary name ends in `path`'s suffix: writers such as cv2.VideoWriter and matplotlib choose the format by it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temporary_file(path)
@@ -59,7 +62,7 @@ def _new_temporary_file(path: Path) -> Path:
     except FileNotFoundError:
         mode = None
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel takes off the umask
         except FileExistsError:
@@ -78,7 +81,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-    return _atomic(path, write)
+    return atomic_write_file(path, write)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -100,7 +103,7 @@ def _finite(obj: Any) -> Any:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     import torch
 
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write_file(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_torch_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:

@@ -101,6 +101,8 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
     steps = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == list(range(1, 7))  # 12 frames, 2 per step, 1 epoch
     assert (out / "results" / "synth-val-01.txt").is_file()
+    for plot in ("losses.png", "metrics.png"):  # people look at these, next to the results
+        assert (out / "plots" / plot).stat().st_size > 1000
 
     assert main(["track", "--checkpoint", str(out / "final.pt"), "--data", str(bench / "night"), "--split", "val",
                  "--out", str(tmp_path / "trk"), "--init-score-thr", "0.05", "--obj-score-thr", "0.05", "-q"]) == 0

@@ -22,6 +22,7 @@ from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.darth import Darth
 from darth_ray.data.dataset import dataset_options, load_dataset
 from darth_ray.data.mot import Sequence
+from darth_ray.eval.plots import write_adapt_plots
 from darth_ray.eval.track import track_and_score
 from darth_ray.io import (RESUME_FILE, atomic_torch_save, atomic_write_json, claim_output_dir, file_sha256,
                           read_torch_file)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # What `adapt` writes in its output directory (its darth_run.json lists them).
 ADAPT_OUTPUTS = (RESUME_FILE, "final.pt", "adapt_log.jsonl", "results", "metrics.json", "source_metrics.json",
-                 "summary.json")
+                 "summary.json", "plots")
 
 
 class AdaptationRun:
@@ -127,8 +128,9 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     any dataset `load_dataset` reads (with `images` and `classes` for the JSON formats).
 
     Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
-    OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses) and OUT/darth_run.json (what
-    the run depends on: source checkpoint by path and sha256, target, split, config; a resume must match it).
+    OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses), OUT/plots/ (losses.png,
+    metrics.png) and OUT/darth_run.json (what the run depends on: source checkpoint by path and sha256, target,
+    split, config; a resume must match it).
     """
     out_dir = Path(out_dir)
     sequences, _ = load_dataset(target, split=split, images=images, classes=classes, require_images=True)
@@ -169,4 +171,5 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
             atomic_write_json(out_dir / "source_metrics.json", source_metrics)
             summary["source_metrics"] = source_metrics
     atomic_write_json(out_dir / "summary.json", {**summary, "darth_config": config.to_dict()})
+    write_adapt_plots(out_dir)
     return summary
