@@ -126,6 +126,38 @@ def test_class_rows_and_regressor_layout(mmtrack_sd):
     assert torch.equal(ours["rpn.conv.0.0.bias"], mmtrack_sd["detector.rpn_head.rpn_conv.bias"])
 
 
+def test_eight_class_rows_keep_mmdet_order(mmtrack_sd):
+    """BDD100K's 8 classes: fc_cls rows [8 classes, background], fc_reg 4 rows per class, copied row for row, and
+    a detection of class k is decoded with fc_reg rows 4k..4k+3."""
+    import dataclasses
+
+    from darth_ray.models.config import R50_FPN
+    from darth_ray.models.qdtrack import QDTrack
+
+    src = "detector.roi_head.bbox_head."
+    sd = dict(mmtrack_sd)
+    sd[src + "fc_cls.weight"] = torch.zeros(9, 1024)
+    sd[src + "fc_cls.bias"] = torch.arange(9.0)  # row k: class k; row 8: the background
+    sd[src + "fc_cls.bias"][5] = 20.0  # class 5 (bus) wins every RoI
+    sd[src + "fc_reg.weight"] = torch.zeros(32, 1024)
+    sd[src + "fc_reg.bias"] = torch.zeros(32)
+    sd[src + "fc_reg.bias"][4 * 5] = 1.0  # class 5's dx: a shift by 0.1 box widths
+    config = dataclasses.replace(R50_FPN, num_classes=8)
+    ours = convert_mmtrack_state_dict(sd, config=config)
+    assert torch.equal(ours["box_head.cls_score.bias"], sd[src + "fc_cls.bias"])
+    assert torch.equal(ours["box_head.bbox_pred.bias"], sd[src + "fc_reg.bias"])
+    model = QDTrack(config).eval()
+    model.load_state_dict(ours)
+    proposal = torch.tensor([[100.0, 100.0, 200.0, 300.0]])
+    with torch.no_grad():
+        feats = model.features(model.normalize(torch.zeros(1, 3, 320, 320)))
+        det = model.detect(feats, [proposal], [(320, 320)])[0]
+    assert det["labels"].tolist() == [5]
+    assert torch.allclose(det["boxes"], torch.tensor([[110.0, 100.0, 210.0, 300.0]]))
+    with pytest.raises(InputError, match=r"shape mismatch: .*fc_cls.bias \(2,\) \(expected \(9,\)\)"):
+        convert_mmtrack_state_dict(mmtrack_sd, config=config)
+
+
 def test_bare_and_wrapped_state_dicts_agree(mmtrack_sd):
     bare = convert_mmtrack_state_dict(mmtrack_sd)
     wrapped = convert_mmtrack_state_dict({"meta": {}, "state_dict": mmtrack_sd})

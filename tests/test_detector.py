@@ -223,7 +223,7 @@ def test_load_checkpoint_errors(small, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"depth": 20}, "depth must be one of"),
     ({"depth": 18}, "caffe_style only changes bottleneck"),
-    ({"num_classes": 2}, "num_classes must be 1"),
+    ({"num_classes": 0}, "num_classes must be a positive int"),
     ({"rpn_bg_iou_thresh": 0.8}, "rpn_bg_iou_thresh .* must not exceed rpn_fg_iou_thresh"),
     ({"pixel_std": (1.0, 0.0, 1.0)}, "pixel_std must be positive"),
     ({"anchor_ratios": ()}, "anchor_ratios must be a non-empty tuple"),
@@ -252,3 +252,63 @@ def test_named_configs():
         model_config("r101")
     with pytest.raises(TypeError):
         build_model(3)
+
+
+def _three_class_model() -> QDTrack:
+    torch.manual_seed(0)
+    return QDTrack(dataclasses.replace(model_config("small"), num_classes=3)).eval()
+
+
+def test_multiclass_detect_is_mmdet_multiclass_nms(monkeypatch):
+    """Each (proposal, class) is a candidate decoded with that class's deltas; NMS within a class only; the best
+    box_detections_per_img overall; labels 0-based."""
+    model = _three_class_model()
+    proposals = [torch.tensor([[10.0, 10, 50, 90], [12, 10, 52, 90], [200, 50, 240, 150]])]
+    probs = torch.tensor([[0.60, 0.30, 0.01, 0.09],   # classes 0, 1, 2, background
+                          [0.50, 0.35, 0.02, 0.13],   # overlaps proposal 0 (IoU 0.9)
+                          [0.04, 0.90, 0.03, 0.03]])
+    deltas = torch.tensor([[0.0, 0, 0, 0, 1, 0, 0, 0, 0, 2, 0, 0]]).repeat(3, 1)  # class k: its own shift
+    monkeypatch.setattr(model, "roi_head", lambda feats, boxes: (probs.log(), deltas))
+    det = model.detect([], proposals, [(192, 320)])[0]
+    # class 0: 0.60 suppresses 0.50; class 1: 0.90, and 0.35 suppresses 0.30; 0.35 overlaps class 0's 0.60 box
+    assert det["labels"].tolist() == [1, 0, 1]
+    assert torch.allclose(det["scores"], torch.tensor([0.90, 0.60, 0.35]))
+    stds = model.config.box_stds
+    expected = [decode_boxes(proposals[0][i:i + 1], deltas[i:i + 1, 4 * k:4 * k + 4], stds)[0]
+                for i, k in ((2, 1), (0, 0), (1, 1))]
+    assert torch.allclose(det["boxes"], torch.stack(expected))
+    assert not torch.allclose(expected[0], proposals[0][2])  # class 1's deltas moved its box
+    top2 = dataclasses.replace(model.config, box_detections_per_img=2)
+    monkeypatch.setattr(model, "config", top2)
+    assert model.detect([], proposals, [(192, 320)])[0]["labels"].tolist() == [1, 0]
+
+
+def test_multiclass_losses_train_the_target_class():
+    """A positive is classified as its gt's class and regressed by that class's deltas only."""
+    model = _three_class_model().train()
+    image, boxes = _synthetic_image()
+    sizes = [tuple(image.shape[-2:])]
+
+    def losses(label):
+        torch.manual_seed(1)  # the same RPN and RoI samples for every label
+        feats = model.features(model.normalize(image))
+        logits, deltas = model.rpn_head(feats)
+        proposals = model.proposals(feats, logits, deltas, sizes)
+        target = {"boxes": boxes, "labels": torch.full((len(boxes),), label)}
+        return model.detection_losses(feats, logits, deltas, proposals, [target], sizes)
+
+    def grad(loss, param):
+        model.zero_grad()
+        loss.backward()
+        return param.grad.clone()
+
+    rows = grad(losses(2)["loss_bbox"], model.box_head.bbox_pred.weight).abs().view(3, 4, -1).sum(dim=(1, 2))
+    assert rows[0] == 0 and rows[1] == 0 and rows[2] > 0
+    # cross entropy: d loss / d bias_k = mean softmax_k - share of the RoIs whose target is k; the same RoIs
+    # labelled 2 instead of 0 move exactly the positives' share from class 0 to class 2
+    bias = model.box_head.cls_score.bias
+    share = grad(losses(2)["loss_cls"], bias) - grad(losses(0)["loss_cls"], bias)
+    assert share[2] < 0 and torch.allclose(share, torch.stack([-share[2], torch.tensor(0.0), share[2],
+                                                               torch.tensor(0.0)]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\['labels'\] must be 0-based classes in 0..2, got \[3\]"):
+        losses(3)

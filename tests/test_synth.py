@@ -328,3 +328,30 @@ def test_nearer_people_are_drawn_over_farther_ones():
                     assert np.allclose(layer[overlap], alone[near][0][overlap], atol=1.0)
                     checked += 1
     assert checked > 0, "no overlapping pair found to check occlusion order"
+
+
+def test_balls_are_a_second_class_and_leave_the_people_alone(tiny, tmp_path):
+    """`balls` adds a second kind of object (class 2 in gt.txt, category 'ball' in the COCO-video file); the
+    default stays people-only with the record (and cache key) it always had."""
+    assert "balls" not in SynthConfig(**TINY).to_dict() and SynthConfig(**TINY).classes == ("pedestrian",)
+    config = SynthConfig(**{**TINY, "people": 3, "domains": ("source",)}, balls=2)
+    assert config.to_dict()["balls"] == 2 and SynthConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="balls must be an integer >= 0"):
+        SynthConfig(balls=-1)
+    people_only = np.array(scene_ground_truth(make_scene(SynthConfig(**{**TINY, "people": 3}), "val", 1)))
+    rows = np.array(scene_ground_truth(make_scene(config, "val", 1)))
+    assert np.array_equal(rows[rows[:, 1] <= 3], people_only)  # the same people, unchanged
+    assert set(rows[:, 1].astype(int)) == {1, 2, 3, 4, 5}  # balls take ids 4 and 5
+
+    generate_benchmark(tmp_path, config, progress=False)
+    gt = np.loadtxt(tmp_path / "source" / "val" / "synth-val-01" / "gt" / "gt.txt", delimiter=",")
+    assert np.array_equal(gt[:, 7], np.where(gt[:, 1] > 3, 2, 1))
+    from darth_ray.data.dataset import load_dataset
+
+    (seq,), names = load_dataset(tmp_path / "source" / "annotations" / "val_cocofmt.json",
+                                 images=tmp_path / "source" / "val", require_images=True)
+    assert names == ["pedestrian", "ball"] and seq.num_frames == TINY["frames"]
+    targets = seq.targets(1)
+    assert targets["labels"].tolist() == [2 if i > 3 else 1 for i in targets["ids"]]
+    assert np.allclose(seq.gt.boxes, gt[:, 2:6]) and np.array_equal(seq.gt.ids, gt[:, 1])
+    assert not (tiny[0] / "source" / "annotations").exists()  # people only: the MOTChallenge layout alone

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 
-from darth_ray.models.tracker import QuasiDenseTracker
+from darth_ray.models.tracker import QuasiDenseTracker, tracker_preset
+
+QDTRACK_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "darth-configs" / "mot" / "qdtrack"
 
 DIM = 6
 
@@ -193,3 +197,38 @@ def test_input_shape_errors():
         tracker.update(0, torch.zeros(2, 4), torch.zeros(3), torch.zeros(2, DIM))
     with pytest.raises(ValueError, match="embeds"):
         tracker.update(0, torch.zeros(2, 4), torch.zeros(2), torch.zeros(1, DIM))
+
+
+def test_with_cats_matches_within_a_category_and_returns_labels():
+    """A detection of another class never continues a track (mmtrack's with_cats), even with the same look."""
+    def run(with_cats):
+        tracker = QuasiDenseTracker(with_cats=with_cats)
+        embeds = torch.stack([emb(0), emb(1)])
+        boxes = torch.tensor([box(10.0, 10.0), box(100.0, 10.0)])
+        first = tracker.update(0, boxes, torch.tensor([0.95, 0.95]), embeds, torch.tensor([0, 1]), return_labels=True)
+        # the car (label 1) now looks exactly like the pedestrian track's memory, and the pedestrian is gone
+        second = tracker.update(1, boxes[1:], torch.tensor([0.95]), embeds[:1], torch.tensor([1]),
+                                return_labels=True)
+        return first, second
+
+    (_, _, ids, labels), (_, _, car_ids, car_labels) = run(with_cats=True)
+    assert ids.tolist() == [0, 1] and labels.tolist() == [0, 1]
+    assert car_ids.tolist() == [2] and car_labels.tolist() == [1]  # a new track, not pedestrian 0
+    assert run(with_cats=False)[1][2].tolist() == [0]  # across categories, appearance alone decides
+
+
+def test_bdd100k_preset_is_the_authors_tracker():
+    """The values of qdtrack_faster-rcnn_r50_fpn_12e_base.py (the base of the BDD100K/SHIFT configs)."""
+    bdd = tracker_preset("bdd100k")
+    assert (bdd["init_score_thr"], bdd["obj_score_thr"], bdd["memo_tracklet_frames"], bdd["with_cats"]) == \
+        (0.7, 0.3, 10, True)
+    assert tracker_preset("mot17")["init_score_thr"] == 0.9 and tracker_preset("mot17")["memo_tracklet_frames"] == 30
+    QuasiDenseTracker(**bdd)
+    with pytest.raises(ValueError, match="unknown tracker preset 'kitti'; choose from mot17, bdd100k"):
+        tracker_preset("kitti")
+    config = QDTRACK_CONFIGS / "qdtrack_faster-rcnn_r50_fpn_12e_base.py"
+    if config.is_file():
+        from darth_ray.mmconfig import load_config_file
+
+        authors = dict(load_config_file(config)["model"]["tracker"])
+        assert authors.pop("type") == "QuasiDenseTracker" and authors == bdd

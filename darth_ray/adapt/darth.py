@@ -1,7 +1,8 @@
 """DARTH in one step (Segu et al., ICCV 2023): a student QDTrack learns from its EMA teacher on unlabeled frames.
 
 For a batch of target frames (first resized to config.frame_size, if set):
-1. the teacher detects on the plain frames; boxes with score > conf_thr become pseudo-instances 1..N;
+1. the teacher detects on the plain frames; boxes with score > conf_thr become pseudo-instances 1..N (each keeps
+   its class; the RoI consistency compares all class logits, so every class adapts);
 2. three views: teacher (flip/scale/crop), student (the same geometry + photometric distortion), contrastive
    (an independent flip/scale/crop/photometric);
 3. losses, minimised w.r.t. the student only:
@@ -68,13 +69,19 @@ class Darth:
         return seen
 
     @torch.no_grad()
-    def pseudo_labels(self, frames: Tensor) -> list[Tensor]:
-        """Teacher detections on the plain frames with score > conf_thr (x1y1x2y2, frame pixels)."""
+    def pseudo_detections(self, frames: Tensor) -> list[dict[str, Tensor]]:
+        """Teacher detections on the plain frames with score > conf_thr: {"boxes" (x1y1x2y2, frame pixels),
+        "scores", "labels"} per frame. Each keeps the class it was detected as (its score is that class's
+        probability); no DARTH loss uses the class: the contrastive positives are the pseudo-instance ids."""
         sizes = [tuple(frames.shape[-2:])] * len(frames)
         feats = self.teacher.features(self.teacher.normalize(frames))
         logits, deltas = self.teacher.rpn_head(feats)
         detections = self.teacher.detect(feats, self.teacher.proposals(feats, logits, deltas, sizes), sizes)
-        return [d["boxes"][d["scores"] > self.config.conf_thr] for d in detections]
+        return [{k: v[d["scores"] > self.config.conf_thr] for k, v in d.items()} for d in detections]
+
+    def pseudo_labels(self, frames: Tensor) -> list[Tensor]:
+        """The boxes of `pseudo_detections`: pseudo-instance k of a frame is its k-th box (ids 1..N)."""
+        return [d["boxes"] for d in self.pseudo_detections(frames)]
 
     def plain_frames(self, frames: Tensor) -> Tensor:
         """``frames`` resized to config.frame_size (w, h), ratio not kept (the authors' loader); as given if None."""

@@ -45,7 +45,8 @@ def rpn_consistency_loss(
 
 def roi_consistency_loss(student_cls: Tensor, student_deltas: Tensor, teacher_cls: Tensor,
                          teacher_deltas: Tensor) -> Tensor:
-    """Class logits [N, C] and box deltas [N, 4] (or [N, 4C]) of both RoI heads on the same proposals."""
+    """Class logits [N, C + 1] (C classes and the background) and class-specific box deltas [N, 4C] of both RoI
+    heads on the same proposals; every class's logits and deltas count."""
     teacher_cls, teacher_deltas = teacher_cls.detach(), teacher_deltas.detach()
     if student_cls.shape != teacher_cls.shape or student_deltas.shape != teacher_deltas.shape:
         raise ValueError(f"student {tuple(student_cls.shape)}/{tuple(student_deltas.shape)} and teacher "

@@ -17,6 +17,13 @@ Every shift is the identity at `shift_strength` 0 and grows with it. Output (MOT
     OUT/<domain>/{train,val}_seqmap.txt
     OUT/benchmark.json   (written last: its presence marks a complete benchmark and records the parameters)
 
+With `balls` > 0 a second kind of object bounces around the floor (coloured balls, ids after the people's), and
+the benchmark has two classes, CLASSES: gt.txt's class column is 1 for people and 2 for balls (in MOTChallenge
+terms a distractor, so the folder still scores pedestrians alone), and both classes are in mmtrack's COCO-video
+files, which `load_dataset` reads with their class names (image root `OUT/<domain>/<split>`):
+
+    OUT/<domain>/annotations/{train,val}_cocofmt.json
+
 Ground-truth boxes are the full geometric extent of a person (also while occluded, as in DanceTrack), clipped to
 the image, and present only while part of the person is inside the image.
 """
@@ -50,6 +57,7 @@ SPLITS = ("train", "val")
 BENCHMARK_FILE = "benchmark.json"
 BENCHMARK_FORMAT = "darth_ray.synth"
 BENCHMARK_VERSION = 2  # bump whenever rendering changes: caches regenerate
+CLASSES = ("pedestrian", "ball")  # class k + 1 in gt.txt and the COCO-video category ids
 
 # Sizes below are designed for the default 320x192 frame and scale with the frame height.
 _REFERENCE_HEIGHT = 192
@@ -71,6 +79,7 @@ _COSTUMES = (
 )
 _SKIN_TONES = ((150, 185, 225), (110, 145, 190), (75, 100, 140))
 _HAIR_COLOURS = ((25, 25, 30), (30, 50, 80), (60, 90, 130))
+_BALL_COLOURS = ((0, 140, 255), (40, 220, 255), (200, 60, 240), (60, 60, 230))  # BGR: orange, yellow, pink, red
 _WALL_COLOURS = ((120, 130, 150), (150, 140, 120), (110, 120, 110), (135, 120, 140), (100, 110, 130))
 _FLOOR_COLOURS = ((70, 100, 140), (90, 90, 95), (60, 80, 110), (110, 110, 115))
 
@@ -98,6 +107,7 @@ class SynthConfig:
     shift_strength: float = 0.6
     frame_rate: int = 20
     jpeg_quality: int = 90
+    balls: int = 0  # a second class of object per scene; 0: people only (one class, the default benchmark)
 
     def __post_init__(self) -> None:
         if isinstance(self.domains, str):
@@ -114,7 +124,8 @@ class SynthConfig:
             raise ValueError(f"domains lists a domain twice: {list(domains)}")
         checks = (("seed", 0, "a non-negative integer"), ("train_sequences", 1, "an integer >= 1"),
                   ("val_sequences", 1, "an integer >= 1"), ("frames", 2, "an integer >= 2"),
-                  ("people", 1, "an integer >= 1"), ("frame_rate", 1, "an integer >= 1"))
+                  ("people", 1, "an integer >= 1"), ("frame_rate", 1, "an integer >= 1"),
+                  ("balls", 0, "an integer >= 0"))
         for name, minimum, wanted in checks:
             value = getattr(self, name)
             if not _is_int(value) or value < minimum:
@@ -131,7 +142,7 @@ class SynthConfig:
             raise ValueError(f"shift_strength must be a number in [0, 1], got {strength!r}")
         object.__setattr__(self, "shift_strength", float(strength))
         for name in ("seed", "train_sequences", "val_sequences", "frames", "width", "height", "people",
-                     "frame_rate", "jpeg_quality"):
+                     "frame_rate", "jpeg_quality", "balls"):
             object.__setattr__(self, name, int(getattr(self, name)))
 
     def sequence_names(self, split: str) -> list[str]:
@@ -140,9 +151,15 @@ class SynthConfig:
         count = self.train_sequences if split == "train" else self.val_sequences
         return [sequence_name(split, k) for k in range(1, count + 1)]
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return CLASSES if self.balls else CLASSES[:1]
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["domains"] = list(self.domains)
+        if not self.balls:  # a people-only benchmark keeps the record (and the cache key) it always had
+            del d["balls"]
         return d
 
     @classmethod
@@ -195,6 +212,19 @@ class Person:
 
 
 @dataclass
+class Ball:
+    track_id: int
+    colour: tuple[int, int, int]
+    radius: float               # px at the front of the floor
+    anchor: tuple[float, float]  # where it touches the floor: anchor + sum of sinusoids, as a person's feet
+    x_waves: np.ndarray
+    y_waves: np.ndarray
+    bounce_height: float        # px at the front of the floor
+    bounce_omega: float
+    bounce_phase: float
+
+
+@dataclass
 class Scene:
     config: SynthConfig
     split: str
@@ -205,6 +235,7 @@ class Scene:
     margin: int                 # background canvas is larger than the frame by this on every side
     background: np.ndarray      # uint8 [H + 2m, W + 2m, 3], BGR
     seed_key: tuple[int, ...]   # (seed, split code, index): roots the per-domain random streams
+    balls: list[Ball] = dataclasses.field(default_factory=list)
 
     @property
     def scale(self) -> float:
@@ -303,12 +334,37 @@ def make_scene(config: SynthConfig, split: str, index: int) -> Scene:
     margin = max_jitter + 1
     background = _render_background(background_rng, W, H, margin)
     return Scene(config=config, split=split, index=index, name=sequence_name(split, index), people=people,
-                 jitter=jitter, margin=margin, background=background, seed_key=key)
+                 jitter=jitter, margin=margin, background=background, seed_key=key,
+                 balls=_make_balls(config, _rng(*key, 4), floor_top, floor_bottom))
+
+
+def _make_balls(config: SynthConfig, rng: np.random.Generator, floor_top: float, floor_bottom: float) -> list[Ball]:
+    """Balls rolling and bouncing across the floor (their own random stream: the people do not change)."""
+    W, H = config.width, config.height
+    scale = H / _REFERENCE_HEIGHT
+    balls = []
+    for k in range(config.balls):
+        y_amplitude = rng.uniform(0.02, 0.06) * H
+        x_waves = np.stack([rng.uniform([0.1, 0.03], [0.3, 0.08]) * W, 2 * np.pi / rng.uniform([50, 15], [120, 40]),
+                            rng.uniform(0, 2 * np.pi, 2)], axis=1)
+        y_waves = np.array([[y_amplitude, 2 * np.pi / rng.uniform(30, 90), rng.uniform(0, 2 * np.pi)]])
+        balls.append(Ball(track_id=config.people + k + 1, colour=_BALL_COLOURS[int(rng.integers(len(_BALL_COLOURS)))],
+                          radius=rng.uniform(5.0, 8.0) * scale,
+                          anchor=(rng.uniform(0.15, 0.85) * W, rng.uniform(floor_top + y_amplitude,
+                                                                           floor_bottom - y_amplitude)),
+                          x_waves=x_waves, y_waves=y_waves, bounce_height=rng.uniform(5.0, 20.0) * scale,
+                          bounce_omega=2 * np.pi / rng.uniform(12, 30), bounce_phase=rng.uniform(0, 2 * np.pi)))
+    return balls
+
+
+def _sway(anchor: tuple[float, float], x_waves: np.ndarray, y_waves: np.ndarray, t: int) -> tuple[float, float]:
+    x = anchor[0] + float(np.sum(x_waves[:, 0] * np.sin(x_waves[:, 1] * t + x_waves[:, 2])))
+    y = anchor[1] + float(np.sum(y_waves[:, 0] * np.sin(y_waves[:, 1] * t + y_waves[:, 2])))
+    return x, y
 
 
 def _feet_position(person: Person, t: int) -> tuple[float, float]:
-    x = person.anchor[0] + float(np.sum(person.x_waves[:, 0] * np.sin(person.x_waves[:, 1] * t + person.x_waves[:, 2])))
-    y = person.anchor[1] + float(np.sum(person.y_waves[:, 0] * np.sin(person.y_waves[:, 1] * t + person.y_waves[:, 2])))
+    x, y = _sway(person.anchor, person.x_waves, person.y_waves, t)
     if person.transit:
         progress = float(_smoothstep((t - person.transit_t0) / person.transit_duration))
         away = progress if person.transit < 0 else 1.0 - progress   # 0 = on stage, 1 = fully off to the side
@@ -422,6 +478,22 @@ def person_pose(person: Person, t: int, scene: Scene) -> Pose:
     return Pose(depth=feet_y, parts=parts)
 
 
+def ball_pose(ball: Ball, t: int, scene: Scene) -> Pose:
+    """The ball at frame `t` (0-based): a disc above its floor point, bouncing."""
+    x, y = _sway(ball.anchor, ball.x_waves, ball.y_waves, t)
+    size = _perspective(y, scene.config.height)
+    r = ball.radius * size
+    lift = ball.bounce_height * size * abs(math.sin(ball.bounce_omega * t + ball.bounce_phase))
+    dx, dy = scene.jitter[t]
+    return Pose(depth=y, parts=[("ellipse", np.array([x - dx, y - dy - r - lift]), np.array([r, r]), ball.colour)])
+
+
+def _poses(scene: Scene, t: int) -> list[tuple[int, Pose]]:
+    """(track id, pose) of every person and ball at frame `t`."""
+    return [(p.track_id, person_pose(p, t, scene)) for p in scene.people] + \
+        [(b.track_id, ball_pose(b, t, scene)) for b in scene.balls]
+
+
 def _visible_box(pose: Pose, width: int, height: int) -> tuple[float, float, float, float] | None:
     """Full extent clipped to the image, rounded to 0.1 px; None when (almost) nothing is inside the image."""
     x1, y1, x2, y2 = (float(v) for v in pose.extent())
@@ -433,19 +505,45 @@ def _visible_box(pose: Pose, width: int, height: int) -> tuple[float, float, flo
 
 
 def scene_ground_truth(scene: Scene) -> list[tuple[int, int, float, float, float, float]]:
-    """Rows (frame, id, x, y, w, h) sorted by frame then id; frames are 1-based."""
+    """Rows (frame, id, x, y, w, h) of people and balls sorted by frame then id; frames are 1-based."""
     config = scene.config
     rows = []
     for t in range(config.frames):
-        for person in scene.people:
-            box = _visible_box(person_pose(person, t, scene), config.width, config.height)
+        for track_id, pose in _poses(scene, t):
+            box = _visible_box(pose, config.width, config.height)
             if box is not None:
-                rows.append((t + 1, person.track_id) + box)
+                rows.append((t + 1, track_id) + box)
     return rows
 
 
-def format_ground_truth(rows: list[tuple[int, int, float, float, float, float]]) -> str:
-    return "".join(f"{f},{i},{x:.1f},{y:.1f},{w:.1f},{h:.1f},1,1,1\n" for f, i, x, y, w, h in rows)
+def object_classes(scene: Scene) -> dict[int, int]:
+    """{track id: class} with class 1 (pedestrian) or 2 (ball), indices into CLASSES + 1."""
+    return {**{p.track_id: 1 for p in scene.people}, **{b.track_id: 2 for b in scene.balls}}
+
+
+def format_ground_truth(rows: list[tuple[int, int, float, float, float, float]],
+                        classes: dict[int, int] | None = None) -> str:
+    """gt.txt: `frame,id,x,y,w,h,1,class,1`, class 1 unless `classes` ({id: class}) says otherwise."""
+    classes = classes or {}
+    return "".join(f"{f},{i},{x:.1f},{y:.1f},{w:.1f},{h:.1f},1,{classes.get(i, 1)},1\n" for f, i, x, y, w, h in rows)
+
+
+def coco_video(config: SynthConfig, scenes: list[tuple[Scene, list[tuple]]]) -> dict[str, Any]:
+    """mmtrack's CocoVideoDataset JSON for one split: `scenes` are (scene, its ground-truth rows); file names are
+    relative to the split's folder."""
+    videos, images, annotations = [], [], []
+    for video_id, (scene, rows) in enumerate(scenes, start=1):
+        classes = object_classes(scene)
+        videos.append({"id": video_id, "name": scene.name, "fps": config.frame_rate})
+        first = len(images) + 1
+        images += [{"id": first + t, "video_id": video_id, "frame_id": t, "width": config.width,
+                    "height": config.height, "file_name": f"{scene.name}/img1/{t + 1:08d}.jpg"}
+                   for t in range(config.frames)]
+        annotations += [{"id": len(annotations) + k + 1, "image_id": first + f - 1, "category_id": classes[i],
+                         "instance_id": i, "bbox": [x, y, w, h], "iscrowd": 0}
+                        for k, (f, i, x, y, w, h) in enumerate(rows)]
+    return {"categories": [{"id": k, "name": name} for k, name in enumerate(CLASSES, start=1)],
+            "videos": videos, "images": images, "annotations": annotations}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -693,7 +791,7 @@ def render_frame(scene: Scene, t: int, domain: str = SOURCE_DOMAIN, strength: fl
 
 
 def _frame_layer(scene: Scene, t: int) -> tuple[np.ndarray, np.ndarray]:
-    poses = [person_pose(p, t, scene) for p in scene.people]
+    poses = [pose for _, pose in _poses(scene, t)]
     return _people_layer(poses, scene.config.width, scene.config.height)
 
 
@@ -735,6 +833,7 @@ def generate_benchmark(out: str | Path, config: SynthConfig | None = None, progr
         with tqdm(total=total, desc="synth benchmark", unit="seq", disable=not progress) as bar:
             for split in SPLITS:
                 names = config.sequence_names(split)
+                split_scenes = []
                 for domain in config.domains:
                     split_dir = out / domain / split
                     split_dir.mkdir(parents=True, exist_ok=True)
@@ -746,7 +845,8 @@ def generate_benchmark(out: str | Path, config: SynthConfig | None = None, progr
                 for index, name in enumerate(names, start=1):
                     scene = make_scene(config, split, index)
                     rows = scene_ground_truth(scene)
-                    gt_text = format_ground_truth(rows)
+                    split_scenes.append((scene, rows))
+                    gt_text = format_ground_truth(rows, object_classes(scene))
                     renderers = [_DomainRenderer(scene, d, config.shift_strength) for d in config.domains]
                     seq_dirs = []
                     for domain in config.domains:
@@ -773,6 +873,9 @@ def generate_benchmark(out: str | Path, config: SynthConfig | None = None, progr
                         bar.update(1)
                 for domain in config.domains:
                     atomic_write_text(out / domain / f"{split}_seqmap.txt", "name\n" + "".join(f"{n}\n" for n in names))
+                    if config.balls:
+                        atomic_write_json(out / domain / "annotations" / f"{split}_cocofmt.json",
+                                          coco_video(config, split_scenes))
     finally:
         cv2.setNumThreads(threads)
 

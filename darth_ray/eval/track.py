@@ -1,4 +1,4 @@
-"""Run a QDTrack model and the QuasiDenseTracker over sequences and write MOTChallenge results.
+"""Run a QDTrack model and the QuasiDenseTracker over sequences and write MOTChallenge (and Scalabel) results.
 
 Detection runs on batches of frames (one forward for several frames); association then walks the batch frame by
 frame, since the tracker is sequential. The next batch's images are decoded in a background thread.
@@ -15,7 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 from darth_ray.data.mot import Sequence
-from darth_ray.data.results import write_results
+from darth_ray.data.results import write_results, write_scalabel_results
 from darth_ray.eval.metrics import score_results
 from darth_ray.models.tracker import QuasiDenseTracker
 
@@ -39,7 +39,8 @@ def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None,
     ratio, on uint8 with bilinear interpolation without antialiasing (mmdet's test pipeline, cv2 INTER_LINEAR).
     ``embedder``: another QDTrack whose track head embeds ``model``'s detections (None = ``model`` itself), to
     tell the detector's share of a tracking result from the embeddings' share.
-    Returns per frame {"boxes" [N, 4] x1y1x2y2 in frame pixels, "scores" [N], "embeds" [N, D]}.
+    Returns per frame {"boxes" [N, 4] x1y1x2y2 in frame pixels, "scores" [N], "labels" [N] (0-based class),
+    "embeds" [N, D]}.
     """
     frames = frames.to(next(model.parameters()).device)
     height, width = frames.shape[-2:]
@@ -58,22 +59,27 @@ def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None,
         embeds = embedder.embed(embedder.features(embedder.normalize(images)), [d["boxes"] for d in detections])
     sx, sy = images.shape[-1] / width, images.shape[-2] / height  # back to frame pixels
     scale = torch.tensor([sx, sy, sx, sy], device=frames.device)
-    return [{"boxes": d["boxes"] / scale, "scores": d["scores"], "embeds": e} for d, e in zip(detections, embeds)]
+    return [{**d, "boxes": d["boxes"] / scale, "embeds": e} for d, e in zip(detections, embeds)]
 
 
 def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_size: int = 4,
                    max_size: int | None = None, progress: tqdm | None = None,
                    embedder=None) -> dict[str, np.ndarray]:
-    """Track one sequence; returns MOT arrays {"frames", "ids" (1-based), "boxes" (x1y1x2y2), "scores"}."""
+    """Track one sequence; returns MOT arrays {"frames", "ids" (1-based), "boxes" (x1y1x2y2), "scores"} and, from
+    a model of several classes, "labels" (0-based indices into the sequence's class names)."""
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if max_size is not None and not (isinstance(max_size, int) and max_size >= 1):
         raise ValueError(f"max_size must be None or an int >= 1, got {max_size!r}")
+    multi_class = model.config.num_classes > 1
+    if multi_class and model.config.num_classes != len(sequence.class_names):
+        raise ValueError(f"{sequence.name}: the model has {model.config.num_classes} classes, the dataset "
+                         f"{len(sequence.class_names)} ({', '.join(sequence.class_names)})")
     tracker.reset()
     model.eval()
     if embedder is not None:
         embedder.eval()
-    out = {"frames": [], "ids": [], "boxes": [], "scores": []}
+    out = {"frames": [], "ids": [], "boxes": [], "scores": [], **({"labels": []} if multi_class else {})}
     batches = [list(range(s, min(s + batch_size, sequence.num_frames + 1)))
                for s in range(1, sequence.num_frames + 1, batch_size)]
     load = lambda frames: torch.stack([sequence.load_image(f) for f in frames])
@@ -84,11 +90,14 @@ def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_
             if i + 1 < len(batches):
                 pending = pool.submit(load, batches[i + 1])
             for frame, det in zip(frame_ids, detect_and_embed(model, images, max_size, embedder)):
-                boxes, scores, ids = tracker.update(frame, det["boxes"], det["scores"], det["embeds"])
+                boxes, scores, ids, labels = tracker.update(frame, det["boxes"], det["scores"], det["embeds"],
+                                                            det["labels"], return_labels=True)
                 out["frames"].append(np.full(len(ids), frame))
                 out["ids"].append(ids.cpu().numpy() + 1)
                 out["boxes"].append(boxes.cpu().numpy())
                 out["scores"].append(scores.cpu().numpy())
+                if multi_class:
+                    out["labels"].append(labels.cpu().numpy())
             if progress is not None:
                 progress.update(len(frame_ids))
     return {k: np.concatenate(v) if v else np.zeros((0, 4) if k == "boxes" else 0) for k, v in out.items()}
@@ -96,9 +105,11 @@ def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_
 
 def track_sequences(model, sequences: list[Sequence], out_dir: Path | None = None,
                     tracker_params: dict | None = None, batch_size: int = 4, max_size: int | None = None,
-                    show_progress: bool = True, embedder=None) -> dict[str, dict[str, np.ndarray]]:
-    """Track every sequence; returns {seq: result arrays} and, with `out_dir`, writes `out_dir/<seq>.txt`.
-    ``embedder``: see ``detect_and_embed``."""
+                    show_progress: bool = True, embedder=None,
+                    scalabel_dir: Path | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Track every sequence; returns {seq: result arrays} and, with `out_dir`, writes `out_dir/<seq>.txt` (with
+    the class column from a multi-class model), with `scalabel_dir` `scalabel_dir/<seq>.json` (BDD100K's and
+    SHIFT's submission format). ``embedder``: see ``detect_and_embed``."""
     tracker = QuasiDenseTracker(**(tracker_params or {}))
     results = {}
     with tqdm(total=sum(s.num_frames for s in sequences), unit="frame", desc="tracking",
@@ -106,8 +117,11 @@ def track_sequences(model, sequences: list[Sequence], out_dir: Path | None = Non
         for seq in sequences:
             bar.set_postfix_str(seq.name)
             r = results[seq.name] = track_sequence(model, seq, tracker, batch_size, max_size, bar, embedder)
+            columns = r["frames"], r["ids"], r["boxes"], r["scores"], r.get("labels")
             if out_dir is not None:
-                write_results(Path(out_dir) / f"{seq.name}.txt", r["frames"], r["ids"], r["boxes"], r["scores"])
+                write_results(Path(out_dir) / f"{seq.name}.txt", *columns)
+            if scalabel_dir is not None:
+                write_scalabel_results(Path(scalabel_dir) / f"{seq.name}.json", seq, *columns)
     return results
 
 

@@ -78,7 +78,7 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
-    num_classes: int = 1
+    num_classes: int = 1  # foreground classes; labels are 0-based indices into the dataset's class names
 
     # Track (embedding) head: QuasiDenseEmbedHead
     embed_num_convs: int = 4
@@ -172,7 +172,7 @@ def _problems(c: ModelConfig) -> list[str]:
           f"roi_sampling_ratio must be an int >= 0, got {c.roi_sampling_ratio!r}")
     check(number(c.roi_finest_scale) and c.roi_finest_scale > 0,
           f"roi_finest_scale must be positive, got {c.roi_finest_scale!r}")
-    check(c.num_classes == 1, f"num_classes must be 1 (pedestrian only), got {c.num_classes!r}")
+    check(positive_int(c.num_classes), f"num_classes must be a positive int, got {c.num_classes!r}")
     check(isinstance(c.embed_num_convs, int) and c.embed_num_convs >= 0,
           f"embed_num_convs must be an int >= 0, got {c.embed_num_convs!r}")
     if positive_int(c.embed_conv_channels) and positive_int(c.embed_gn_groups):

@@ -8,12 +8,13 @@ Key layout of the source (``state_dict`` of mmtrack's QDTrack):
     detector.rpn_head.rpn_cls.*                    -> rpn.cls_logits.*
     detector.rpn_head.rpn_reg.*                    -> rpn.bbox_pred.*
     detector.roi_head.bbox_head.shared_fcs.{0,1}.* -> box_head.fc6.*, box_head.fc7.*
-    detector.roi_head.bbox_head.fc_cls.*           -> box_head.cls_score.*     (rows [pedestrian, background])
-    detector.roi_head.bbox_head.fc_reg.*           -> box_head.bbox_pred.*     (4 rows, the pedestrian class)
+    detector.roi_head.bbox_head.fc_cls.*           -> box_head.cls_score.*     (rows [classes..., background])
+    detector.roi_head.bbox_head.fc_reg.*           -> box_head.bbox_pred.*     (4 rows per class, class-major)
     track_head.embed_head.*                        -> embed_head.*
 DARTH's adapted checkpoints hold the student under these names and the EMA teacher under ``teacher_detector.*`` /
 ``teacher_track_head.*``; ``take`` picks one (the student by default, as the authors evaluate it).
-Our box head keeps mmdet's class order and regressor layout (BoxHead), so those two are copied row for row;
+Our box head keeps mmdet's class order and regressor layout (BoxHead), so those two are copied row for row for
+any number of classes (the model config's num_classes; a checkpoint of another count is a shape mismatch);
 what differs from torchvision's Faster R-CNN is handled by the model (detector.py), not by reordering weights.
 """
 from __future__ import annotations
@@ -154,7 +155,7 @@ def convert_mmtrack_checkpoint(in_path: str | os.PathLike, out_path: str | os.Pa
 
         try:
             model_cfg, classes = model_config_from_file(config)
-        except ValueError as e:  # a model darth_ray cannot build yet (e.g. several classes)
+        except ValueError as e:  # a model darth_ray cannot build
             raise InputError(config, str(e)) from None
     ckpt = load_torch_file(in_path)
     state = convert_mmtrack_state_dict(ckpt, source=in_path, config=model_cfg, take=take)

@@ -184,8 +184,8 @@ class RoIFeatureExtractor(nn.Module):
 class BoxHead(nn.Module):
     """Two shared FCs + classifier + class-specific regressor: mmdet Shared2FCBBoxHead.
 
-    class_logits columns are (pedestrian, background) as in mmdet (torchvision puts background first);
-    box_deltas has 4 columns per foreground class, no background slot (torchvision has one).
+    class_logits columns are (class 0, ..., class C - 1, background) as in mmdet (torchvision puts background
+    first); box_deltas has 4 columns per foreground class, no background slot (torchvision has one).
     """
 
     def __init__(self, in_channels: int, roi_size: int = 7, fc_dim: int = 1024, num_classes: int = 1):

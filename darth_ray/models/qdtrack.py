@@ -141,28 +141,34 @@ class QDTrack(nn.Module):
         return (boxes_out, scores_out) if return_scores else boxes_out
 
     def roi_head(self, feats: Sequence[Tensor], proposals: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Box head on the given boxes (all images concatenated): class logits [sumN, 2] with columns
-        (pedestrian, background) as mmdet, and box deltas [sumN, 4] relative to the boxes (stds box_stds)."""
+        """Box head on the given boxes (all images concatenated): class logits [sumN, C + 1] with columns
+        (class 0, ..., class C - 1, background) as mmdet, and class-specific box deltas [sumN, 4C] relative to the
+        boxes (stds box_stds), 4 columns per class."""
         roi_feats = self.roi_extractor(feats[:len(ROI_STRIDES)], proposals)
         return self.box_head(roi_feats)
 
     def detect(self, feats: Sequence[Tensor], proposals: list[Tensor], image_sizes: ImageSizes) -> list[dict]:
-        """Final detections per image: {"boxes": [N, 4], "scores": [N]}, pedestrian probability > score thresh,
-        NMS, at most box_detections_per_img, sorted by decreasing score (mmdet multiclass_nms)."""
+        """Final detections per image: {"boxes": [N, 4], "scores": [N], "labels": [N] (0-based class)}, sorted by
+        decreasing score. mmdet's BBoxHead.get_bboxes + multiclass_nms: each proposal is decoded with each class's
+        deltas; every (proposal, class) whose class probability > box_score_thresh is a candidate; NMS within each
+        class; the best box_detections_per_img over all classes."""
         c = self.config
         logits, deltas = self.roi_head(feats, proposals)
-        scores = F.softmax(logits, dim=-1)[:, 0]
-        boxes = decode_boxes(torch.cat(proposals) if proposals else deltas.new_zeros((0, 4)), deltas, c.box_stds)
+        scores = F.softmax(logits, dim=-1)[:, :c.num_classes]  # the last column is the background
+        rois = torch.cat(proposals) if proposals else deltas.new_zeros((0, 4))
+        # Row n * C + k: proposal n decoded with class k's deltas (mmdet delta2bbox's order).
+        boxes = decode_boxes(rois.repeat_interleave(c.num_classes, dim=0), deltas, c.box_stds)
+        labels = torch.arange(c.num_classes, device=scores.device).repeat(len(rois))
+        counts = [len(p) * c.num_classes for p in proposals]
         results = []
-        for b, (img_boxes, img_scores) in enumerate(zip(boxes.split([len(p) for p in proposals]),
-                                                        scores.split([len(p) for p in proposals]))):
+        for b, (img_boxes, img_scores, img_labels) in enumerate(zip(boxes.split(counts), scores.reshape(-1).split(
+                counts), labels.split(counts))):
             if c.clip_border:
                 img_boxes = clip_boxes(img_boxes, image_sizes[b])
             valid = img_scores > c.box_score_thresh
-            img_boxes, img_scores = img_boxes[valid], img_scores[valid]
-            keep = batched_nms(img_boxes, img_scores, torch.zeros_like(img_scores, dtype=torch.long),
-                               c.box_nms_thresh)[:c.box_detections_per_img]
-            results.append({"boxes": img_boxes[keep], "scores": img_scores[keep]})
+            img_boxes, img_scores, img_labels = img_boxes[valid], img_scores[valid], img_labels[valid]
+            keep = batched_nms(img_boxes, img_scores, img_labels, c.box_nms_thresh)[:c.box_detections_per_img]
+            results.append({"boxes": img_boxes[keep], "scores": img_scores[keep], "labels": img_labels[keep]})
         return results
 
     def embed(self, feats: Sequence[Tensor], boxes: list[Tensor]) -> list[Tensor]:
@@ -185,19 +191,21 @@ class QDTrack(nn.Module):
     def detection_losses(self, feats: Sequence[Tensor], rpn_logits: Sequence[Tensor], rpn_deltas: Sequence[Tensor],
                          proposals: list[Tensor], targets: list[dict], image_sizes: ImageSizes) -> dict[str, Tensor]:
         """Supervised Faster R-CNN losses (mmdet names): loss_rpn_cls (BCE), loss_rpn_bbox (smooth L1), loss_cls
-        (CE), loss_bbox (L1). RPN: anchors assigned at IoU 0.7 / 0.3 (+ best anchor of each gt), a balanced sample
-        per image; RoI: proposals plus the ground truth, assigned at 0.5, a balanced sample per image. Each loss
-        is averaged over the sampled anchors / RoIs of the batch."""
+        (CE over the classes + background), loss_bbox (L1, class-specific). ``targets[i]``: "boxes" [M, 4] and,
+        for a multi-class model, "labels" [M] (0-based). RPN: anchors assigned at IoU 0.7 / 0.3 (+ best anchor
+        of each gt), a balanced sample per image; RoI: proposals plus the ground truth, assigned at 0.5, a balanced
+        sample per image. Each loss is averaged over the sampled anchors / RoIs of the batch."""
         c = self.config
         batch = rpn_logits[0].shape[0]
         if len(targets) != batch:
             raise ValueError(f"got {len(targets)} targets for a batch of {batch} images")
-        gt_boxes = []
+        gt_boxes, gt_labels = [], []
         for i, t in enumerate(targets):
             g = torch.as_tensor(t["boxes"], dtype=feats[0].dtype, device=feats[0].device)
             if g.dim() != 2 or g.shape[1] != 4:
                 raise ValueError(f"targets[{i}]['boxes'] must be [M, 4], got {tuple(g.shape)}")
             gt_boxes.append(g)
+            gt_labels.append(_target_labels(t, i, len(g), c.num_classes, g.device))
 
         # RPN
         anchors = torch.cat(self.anchors(feats))
@@ -230,7 +238,10 @@ class QDTrack(nn.Module):
             idx = (pos | neg).nonzero().view(-1)
             p = pos[idx]
             rois.append(candidates[b][idx])
-            cls_targets.append(torch.where(p, 0, 1))  # column 0 = pedestrian, 1 = background
+            # A positive's target is its gt's class, a negative's the background column (the last, as mmdet).
+            target = torch.full_like(idx, c.num_classes)
+            target[p] = gt_labels[b][matched[b][idx[p]]]
+            cls_targets.append(target)
             reg_targets.append(self.box_box_coder.encode_single(gt_boxes[b][matched[b][idx[p]]], candidates[b][idx[p]]))
             is_pos.append(p)
         class_logits, box_deltas = self.roi_head(feats, rois)
@@ -239,10 +250,26 @@ class QDTrack(nn.Module):
         if num_roi == 0:
             zero = class_logits.sum() + box_deltas.sum()
             return {"loss_rpn_cls": loss_rpn_cls, "loss_rpn_bbox": loss_rpn_bbox, "loss_cls": zero, "loss_bbox": zero}
-        loss_cls = F.cross_entropy(class_logits, torch.cat(cls_targets))
-        loss_bbox = F.l1_loss(box_deltas[is_pos_all], torch.cat(reg_targets), reduction="sum") / num_roi
+        cls_targets = torch.cat(cls_targets)
+        loss_cls = F.cross_entropy(class_logits, cls_targets)
+        # Class-specific regression: each positive is regressed by the deltas of its gt's class only.
+        pos_deltas = box_deltas.view(num_roi, c.num_classes, 4)[is_pos_all, cls_targets[is_pos_all]]
+        loss_bbox = F.l1_loss(pos_deltas, torch.cat(reg_targets), reduction="sum") / num_roi
         return {"loss_rpn_cls": loss_rpn_cls, "loss_rpn_bbox": loss_rpn_bbox, "loss_cls": loss_cls,
                 "loss_bbox": loss_bbox}
+
+
+def _target_labels(target: dict, i: int, num_boxes: int, num_classes: int, device: torch.device) -> Tensor:
+    """targets[i]["labels"]: the 0-based class of each box; without it every box is class 0 (one-class data)."""
+    if "labels" not in target:
+        return torch.zeros(num_boxes, dtype=torch.long, device=device)
+    labels = torch.as_tensor(target["labels"], dtype=torch.long, device=device).reshape(-1)
+    if len(labels) != num_boxes:
+        raise ValueError(f"targets[{i}] has {num_boxes} boxes but {len(labels)} labels")
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+        raise ValueError(f"targets[{i}]['labels'] must be 0-based classes in 0..{num_classes - 1}, got "
+                         f"{sorted(set(labels.tolist()))}")
+    return labels
 
 
 def _regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:

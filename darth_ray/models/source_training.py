@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from darth_ray.data.mot import Sequence, load_sequences
+from darth_ray.data.dataset import load_dataset
+from darth_ray.data.mot import Sequence
 from darth_ray.data.photometric import PhotometricRanges, apply_colour, colour_transform
 from darth_ray.data.sampling import sample_frame_pairs
 from darth_ray.data.sharding import frame_counts
 from darth_ray.io import RESUME_FILE, claim_output_dir
+from darth_ray.models.config import model_config
 from darth_ray.models.qdtrack import build_model, load_checkpoint, save_checkpoint
 from darth_ray.models.track_losses import assign_and_sample, track_losses
 
@@ -70,7 +72,8 @@ class SourceTrainConfig:
 
 
 def _load_pair_batch(seqs: dict[str, Sequence], pairs, flip: torch.Tensor, colours: list[torch.Tensor | None]):
-    """Key and reference images [B, 3, H, W] and their targets (boxes as tensors, ids shifted to >= 1).
+    """Key and reference images [B, 3, H, W] and their targets (boxes as tensors, ids shifted to >= 1, labels
+    0-based).
     ``colours[i]`` is pair i's photometric distortion (a colour map for ``apply_colour``) or None."""
     images, targets = [], []
     for which in (1, 2):  # key frames first, then reference frames
@@ -86,7 +89,8 @@ def _load_pair_batch(seqs: dict[str, Sequence], pairs, flip: torch.Tensor, colou
                 boxes = torch.stack([seq.info.width - boxes[:, 2], boxes[:, 1], seq.info.width - boxes[:, 0],
                                      boxes[:, 3]], dim=1)
             images.append(img)
-            targets.append({"boxes": boxes, "ids": torch.as_tensor(t["ids"], dtype=torch.int64) + 1})
+            targets.append({"boxes": boxes, "ids": torch.as_tensor(t["ids"], dtype=torch.int64) + 1,
+                            "labels": torch.as_tensor(t["labels"], dtype=torch.int64) - 1})
     return torch.stack(images), targets
 
 
@@ -113,24 +117,31 @@ def _lr_factor(step: int, total: int, cfg: SourceTrainConfig) -> float:
     return warm * 0.1 ** drops
 
 
-def _provenance(data_dir: Path, split: str | None, cfg: SourceTrainConfig) -> dict:
-    """What a training's result depends on; how often it checkpoints changes nothing it computes."""
+def _provenance(data_dir: Path, split: str | None, cfg: SourceTrainConfig, images: Path | None = None,
+                classes: list[str] | None = None) -> dict:
+    """What a training's result depends on; how often it checkpoints changes nothing it computes. An image root
+    and a class choice count when given (runs without them keep the record they always had)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}
-    return {"data": str(Path(data_dir).resolve()), "split": split, **settings}
+    chosen = {"images": str(Path(images).resolve()) if images else None, "classes": classes}
+    return {"data": str(Path(data_dir).resolve()), "split": split, **settings,
+            **{k: v for k, v in chosen.items() if v is not None}}
 
 
 def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceTrainConfig(),
-                 split: str | None = None, resume: bool = True, show_progress: bool = True) -> Path:
-    """Train on every labelled sequence of `data_dir` (optionally its `split`); returns `out_dir/final.pt`."""
+                 split: str | None = None, resume: bool = True, show_progress: bool = True,
+                 images: Path | None = None, classes: list[str] | None = None) -> Path:
+    """Train on every labelled sequence of `data_dir` (any dataset `load_dataset` reads, with its `split`, `images`
+    and `classes`); returns `out_dir/final.pt`. The model gets one class per dataset class (cfg.model's
+    architecture otherwise); the checkpoint records the class names."""
     out_dir = Path(out_dir)
-    sequences = load_sequences(data_dir, split=split, require_images=True, require_gt=True)
+    sequences, class_names = load_dataset(data_dir, split, images, classes, require_images=True, require_gt=True)
     seqs = {s.name: s for s in sequences}
     counts = frame_counts(sequences)
     steps_per_epoch = max(1, sum(counts.values()) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
                                                                            steps_per_epoch * cfg.epochs)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(dataclasses.replace(model_config(cfg.model), num_classes=len(class_names)))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
@@ -138,8 +149,9 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     photometric = PhotometricRanges(photometric_prob=cfg.photometric_prob)
     step = 0
     last = out_dir / RESUME_FILE
-    if claim_output_dir(out_dir, "train-source", _provenance(data_dir, split, cfg), TRAIN_SOURCE_OUTPUTS,
-                        resume=resume, defaults=_provenance(data_dir, split, SourceTrainConfig())):
+    provenance = _provenance(data_dir, split, cfg, images, classes)
+    if claim_output_dir(out_dir, "train-source", provenance, TRAIN_SOURCE_OUTPUTS, resume=resume,
+                        defaults=_provenance(data_dir, split, SourceTrainConfig())):
         model, state = load_checkpoint(last)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -153,7 +165,8 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     def checkpoint(path: Path) -> None:
         save_checkpoint(path, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                       "rng": generator.get_state(), "step": step,
-                                      "train_config": dataclasses.asdict(cfg), "data": str(data_dir)})
+                                      "train_config": dataclasses.asdict(cfg), "data": str(data_dir),
+                                      "classes": list(class_names)})
 
     metrics_file = out_dir / "train_log.jsonl"
     model.train()

@@ -6,6 +6,8 @@ unmatched "backdrop" detections, start new tracklets for confident unmatched det
 forget tracklets unseen for ``memo_tracklet_frames`` frames.
 """
 
+import inspect
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -13,6 +15,13 @@ from torch.nn import functional as F
 from .track_losses import box_iou
 
 MATCH_METRICS = ("bisoftmax", "softmax", "cosine")
+
+# QDTrack's BDD100K tracker (mmtrack qdtrack_faster-rcnn_r50_fpn_12e_base.py, the base of the authors' BDD100K
+# and SHIFT configs): new tracks from 0.7, low-score detections down to 0.3 still matched, 10 frames of memory,
+# matching within a category. The constructor's defaults are the MOT17/DanceTrack values.
+BDD100K_TRACKER = dict(init_score_thr=0.7, obj_score_thr=0.3, match_score_thr=0.5, memo_tracklet_frames=10,
+                       memo_backdrop_frames=1, memo_momentum=0.8, nms_conf_thr=0.5, nms_backdrop_iou_thr=0.3,
+                       nms_class_iou_thr=0.7, with_cats=True, match_metric="bisoftmax")
 
 
 def _check_unit_interval(name: str, value: float) -> float:
@@ -111,17 +120,20 @@ class QuasiDenseTracker:
         scores: Tensor,
         embeds: Tensor,
         labels: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        return_labels: bool = False,
+    ) -> tuple[Tensor, ...]:
         """Associate one frame's detections.
 
         Args:
             frame_id: frame index within the sequence (increasing; gaps allowed).
             boxes: [N, 4] x1y1x2y2; scores: [N]; embeds: [N, D] track-head embeddings;
-            labels: [N] class labels (all 0 if None).
+            labels: [N] class labels (all 0 if None); with ``with_cats`` a detection only
+                matches tracklets and backdrops of its own class.
+            return_labels: also return the labels of the tracked detections.
 
         Returns:
-            (boxes [T, 4], scores [T], ids [T] int64 >= 0) of the detections that carry a track id
-            this frame, in descending score order, on the input device.
+            (boxes [T, 4], scores [T], ids [T] int64 >= 0[, labels [T]]) of the detections that
+            carry a track id this frame, in descending score order, on the input device.
         """
         num_dets = boxes.shape[0]
         if boxes.dim() != 2 or boxes.shape[1] != 4:
@@ -138,7 +150,8 @@ class QuasiDenseTracker:
         labels = labels.to(device)
         if num_dets == 0:
             # As mmtrack: an empty frame leaves the memory untouched (no ageing, no backdrops).
-            return boxes.new_zeros((0, 4)), scores.new_zeros((0,)), torch.zeros(0, dtype=torch.long, device=device)
+            empty = (boxes.new_zeros((0, 4)), scores.new_zeros((0,)), torch.zeros(0, dtype=torch.long, device=device))
+            return empty + (labels[:0],) if return_labels else empty
 
         boxes, scores, embeds = boxes.detach(), scores.detach(), embeds.detach()
         order = scores.argsort(descending=True, stable=True)
@@ -184,7 +197,8 @@ class QuasiDenseTracker:
         self._remember(frame_id, ids, boxes, embeds, labels)
         ids = ids.to(device)
         tracked = ids > -1
-        return boxes[tracked], scores[tracked], ids[tracked]
+        out = boxes[tracked], scores[tracked], ids[tracked]
+        return out + (labels[tracked],) if return_labels else out
 
     def _remember(self, frame_id: int, ids: Tensor, boxes: Tensor, embeds: Tensor, labels: Tensor) -> None:
         """mmtrack's ``update``: refresh tracklets, store backdrops, forget stale memory."""
@@ -213,3 +227,13 @@ class QuasiDenseTracker:
             del self.tracks[track_id]
         if len(self.backdrops) > self.memo_backdrop_frames:
             self.backdrops.pop()
+
+
+def tracker_preset(name: str) -> dict:
+    """QuasiDenseTracker parameters by benchmark: ``mot17`` (also DanceTrack; the defaults) or ``bdd100k``."""
+    defaults = {k: p.default for k, p in inspect.signature(QuasiDenseTracker).parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    presets = {"mot17": defaults, "bdd100k": BDD100K_TRACKER}
+    if name not in presets:
+        raise ValueError(f"unknown tracker preset {name!r}; choose from {', '.join(presets)}")
+    return dict(presets[name])
