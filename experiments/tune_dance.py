@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from darth_ray.distributed.cluster import use_private_auth_token
+    from darth_ray.distributed.local_ray import use_private_auth_token
     from darth_ray.distributed.train import TrainLoopConfig
     from darth_ray.distributed.tune import EXPERIMENT_FILE, ExperimentConfig, run_experiment
 

@@ -14,7 +14,7 @@ from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, NonFiniteLo
 from darth_ray.distributed.tune import (EXPERIMENT_FILE, ExperimentConfig, experiment_settings, fit_trial,
                                         run_experiment, settings_changes)
 from darth_ray.io import InputError
-from darth_ray.distributed.wandb_offline import find_offline_runs, read_finished_run
+from wandb_runs import find_offline_runs, read_finished_run
 from darth_ray.eval.metrics import COMBINED
 from darth_ray.models.qdtrack import load_checkpoint
 
@@ -26,7 +26,7 @@ LOW = {"init_score_thr": 0.05, "obj_score_thr": 0.05}  # a random-init model sti
 def local_ray():
     import ray
 
-    from darth_ray.distributed.cluster import use_private_auth_token
+    from darth_ray.distributed.local_ray import use_private_auth_token
 
     # With the dashboard: Ray Train's placement-group cleaner needs the State API to free the workers' CPUs of a
     # trial whose controller Tune tears down (without it they stay reserved and later trials never start).
@@ -61,11 +61,36 @@ def test_two_workers_stay_in_sync_and_sharded_eval_equals_single_process(tiny, t
         assert m[key] == single[COMBINED][key], key
 
 
+def crashing_once(step: int, marker: str):
+    """`train_func`, but the last rank's process dies once, right after DARTH step `step` (`marker` records it)."""
+    def train_loop(config: dict):
+        import os
+
+        import ray.train
+
+        from darth_ray.adapt.loop import AdaptationRun
+        from darth_ray.distributed.train import train_func
+
+        run_step, last_rank = AdaptationRun.run_step, ray.train.get_context().get_world_size() - 1
+
+        def crash_after_step(run):
+            losses = run_step(run)
+            if run.step == step and run.rank == last_rank and not os.path.exists(marker):
+                Path(marker).write_text(f"failed at step {run.step}\n")
+                os._exit(1)  # a hard crash, like a killed worker process
+            return losses
+
+        AdaptationRun.run_step = crash_after_step  # this worker process only
+        return train_func(config)
+
+    return train_loop
+
+
 def test_killed_worker_restarts_from_last_checkpoint(tiny, tmp_path, local_ray):
     marker = tmp_path / "failed"
-    loop = loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}, fail_at_step=5,
-                       fail_marker=str(marker))
-    result = fit_trial(loop, workers=2, gpus_per_worker=0, storage_path=str(tmp_path), name="crash", max_failures=1)
+    loop = loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05})
+    result = fit_trial(loop, workers=2, gpus_per_worker=0, storage_path=str(tmp_path), name="crash", max_failures=1,
+                       train_loop=crashing_once(5, str(marker)))
     assert marker.read_text() == "failed at step 5\n"
     assert result.error is None
     assert result.metrics["step"] == 6  # 2 epochs x 3 steps: the run finished all its steps

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,8 +52,6 @@ class TrainLoopConfig:
     final_eval: bool = True          # track + score the adapted student at the end
     wandb: dict | None = None        # WandbSettings fields; None = no W&B
     run_name: str = "darth"
-    fail_at_step: int | None = None  # testing: rank 1 (or 0 with one worker) raises once at this step
-    fail_marker: str | None = None   # file that records the injected failure happened
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainLoopConfig":
@@ -232,10 +229,6 @@ def train_func(config: dict) -> str | None:
                 ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from,
                                   ERROR_KEY: error, **last_eval})
                 return error
-            if loop.fail_at_step is not None and run.step == loop.fail_at_step and rank == min(1, world - 1) \
-                    and loop.fail_marker and not os.path.exists(loop.fail_marker):
-                Path(loop.fail_marker).write_text(f"failed at step {run.step}\n")
-                os._exit(1)  # a hard crash, like a killed worker process
             if logger:
                 logger.log_step(run.step, {k: v for k, v in losses.items() if k.startswith("loss")}, losses["lr"])
             end_of_epoch = run.step % run.steps_per_epoch == 0

@@ -92,8 +92,8 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
 
 
 def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, storage_path: str, name: str,
-              max_failures: int = 1, in_tune: bool = False):
-    """Fit one TorchTrainer running `train_func`; returns its ray.train.Result. A run stopped by a non-finite loss
+              max_failures: int = 1, in_tune: bool = False, train_loop=train_func):
+    """Fit one TorchTrainer running `train_loop` (`train_func` or a wrapper of it); returns its ray.train.Result. A run stopped by a non-finite loss
     returns with `error` set (a NonFiniteLossError naming the step and the last good checkpoint, which is
     `checkpoint`)."""
     import ray.train
@@ -108,7 +108,7 @@ def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, stora
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
-        train_func, train_loop_config=dataclasses.asdict(loop),
+        train_loop, train_loop_config=dataclasses.asdict(loop),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
