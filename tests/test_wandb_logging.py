@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from darth_ray.distributed.wandb_logging import TrialLogger, WandbSettings, flatten_config
+from darth_ray.wandb_logging import TrialLogger, WandbSettings, flatten_config
 from wandb_runs import find_offline_runs, read_finished_run
 
 LOSS_NAMES = ("loss_rpn", "loss_roi", "loss_contrastive", "loss_total")

@@ -37,14 +37,16 @@ class AdaptationRun:
     """DARTH over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps."""
 
     def __init__(self, source: Path, sequences: list[Sequence], frames: list[tuple[str, int]], config: DarthConfig,
-                 steps_per_epoch: int | None = None, rank: int = 0,
-                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None, workers: int = 1,
-                 device: str = "cpu", stats_sync: Callable[[list[torch.Tensor]], None] | None = None):
+                 steps_per_epoch: int | None = None, rank: int = 0, workers: int = 1, device: str = "cpu",
+                 stats_sync: Callable[[list[torch.Tensor]], None] | None = None):
+        """`workers` data-parallel processes of `config.frames_per_batch` frames each set lr and EMA momentum (the
+        batch rule); their gradients are averaged by whoever set them up (hooks on `self.darth.params`)."""
         if not frames:
             raise ValueError("no target frames to adapt on")
         source_model, _ = load_checkpoint(source, map_location=device)
         self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
-        self.darth = Darth(source_model.to(device), config, grad_sync, workers)
+        self.darth = Darth.from_source(source_model.to(device), config, lr=config.scaled_lr(workers),
+                                       ema_momentum=config.scaled_ema_momentum(workers))
         self.stats_sync = stats_sync  # averages tensors across workers (target BN statistics)
         self.sequences = {s.name: s for s in sequences}
         self.frames = frames
@@ -78,15 +80,14 @@ class AdaptationRun:
         return torch.stack(frames).to(self.device)
 
     def use_target_bn_statistics(self) -> int:
-        """Student and teacher BN statistics from one pass over this run's frames (pooled across workers)."""
+        """Student and teacher BN statistics from one pass over this run's frames (pooled across workers). Before
+        the first step, when config.target_bn_stats; a resumed run has them in its checkpoint."""
         batches = (self.load_frames(self.frames[i:i + 4]) for i in range(0, len(self.frames), 4))
         seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
         log.info("BatchNorm statistics re-estimated on %d target frames", seen)
         return seen
 
     def run_step(self) -> dict[str, float]:
-        if self.step == 0 and self.config.target_bn_stats:  # a resumed run has them in its checkpoint
-            self.use_target_bn_statistics()
         frames = self.load_batch(self.step)
         generator = torch.Generator(device=self.device).manual_seed(
             (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
@@ -139,6 +140,8 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     if resuming:
         run.load_state_dict(read_torch_file(last, device))
         log.info("resuming DARTH from %s at step %d/%d", last, run.step, run.total_steps)
+    elif config.target_bn_stats:
+        run.use_target_bn_statistics()
     log_file = out_dir / "adapt_log.jsonl"
     with tqdm(total=run.total_steps, initial=run.step, unit="step", desc="DARTH", disable=not show_progress) as bar:
         while run.step < run.total_steps:

@@ -58,11 +58,6 @@ class TrainLoopConfig:
         return dataclass_from_dict(cls, d)
 
 
-def allreduce_mean(params: list[torch.Tensor]) -> None:
-    """Average the gradients of `params` over all workers (one flattened all-reduce)."""
-    _average_into(params, _flat_grads(params))
-
-
 def average_tensors(tensors: list[torch.Tensor]) -> None:
     """In place: every tensor becomes its mean over all workers (one flattened all-reduce)."""
     flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -92,52 +87,47 @@ def _average_into(params: list[torch.Tensor], launched: tuple[torch.Tensor, obje
 
 
 class OverlappedAllReduce:
-    """Gradient averaging that overlaps communication with the backward pass, as DDP's reducer does.
+    """Averages the gradients of `params` over all workers during every backward pass, as DDP's reducer does.
 
     Parameters are grouped into buckets of about `bucket_mb`, in reverse order (backward produces the last layers'
-    gradients first). When every gradient of a bucket is accumulated, its all-reduce starts asynchronously, while
-    backward goes on with earlier layers. Buckets start strictly in order, so every rank issues the same sequence of
-    collectives even when some parameters get no gradient in a step (those buckets start, zero-filled, when the
-    step calls this object). Use as `grad_sync`: the first call averages synchronously and attaches the hooks.
+    gradients first). When every gradient of a bucket is accumulated, its all-reduce starts asynchronously while
+    backward goes on with earlier layers; when backward ends, the remaining buckets start (zero-filled where a
+    parameter got no gradient this step) and all are awaited. Buckets start strictly in order, so every rank issues
+    the same sequence of collectives. The model's code needs no call: after `backward()` the gradients are averaged.
     """
 
-    def __init__(self, bucket_mb: float = 4.0):
-        self.bucket_bytes = int(bucket_mb * 2 ** 20)
+    def __init__(self, params: list[torch.Tensor], bucket_mb: float = 4.0):
+        bucket_bytes = int(bucket_mb * 2 ** 20)
         self.buckets: list[list[torch.Tensor]] = []
-        self.launched: list[tuple[torch.Tensor, object]] = []
-        self.pending: list[int] = []  # per bucket: gradients still to come this step
-
-    def __call__(self, params: list[torch.Tensor]) -> None:
-        if not self.buckets:
-            allreduce_mean(params)
-            self._attach(params)
-            return
-        self._launch_ready(force=True)
-        for bucket, launched in zip(self.buckets, self.launched):
-            _average_into(bucket, launched)
-        self.launched = []
-        self.pending = [len(b) for b in self.buckets]
-
-    def _attach(self, params: list[torch.Tensor]) -> None:
         size = 0
         for p in reversed(params):
-            if not self.buckets or size + p.numel() * p.element_size() > self.bucket_bytes:
+            if not self.buckets or size + p.numel() * p.element_size() > bucket_bytes:
                 self.buckets.append([])
                 size = 0
             self.buckets[-1].append(p)
             size += p.numel() * p.element_size()
-        self.pending = [len(b) for b in self.buckets]
+        self.launched: list[tuple[torch.Tensor, object]] = []
+        self.pending = [len(b) for b in self.buckets]  # per bucket: gradients still to come this backward
         for index, bucket in enumerate(self.buckets):
             for p in bucket:
                 p.register_post_accumulate_grad_hook(lambda _p, i=index: self._ready(i))
 
     def _ready(self, index: int) -> None:
+        if not self.launched and self.pending == [len(b) for b in self.buckets]:  # this backward's first gradient
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish)
         self.pending[index] -= 1
         self._launch_ready(force=False)
 
     def _launch_ready(self, force: bool) -> None:
         while len(self.launched) < len(self.buckets) and (force or self.pending[len(self.launched)] == 0):
             self.launched.append(_flat_grads(self.buckets[len(self.launched)]))
+
+    def _finish(self) -> None:
+        self._launch_ready(force=True)
+        for bucket, launched in zip(self.buckets, self.launched):
+            _average_into(bucket, launched)
+        self.launched = []
+        self.pending = [len(b) for b in self.buckets]
 
 
 def ranks_in_sync(model: torch.nn.Module, world: int) -> bool:
@@ -196,8 +186,9 @@ def train_func(config: dict) -> str | None:
     shards = shard_frames(frame_counts(sequences), world)
     steps_per_epoch = max(1, min(len(s) for s in shards) // darth_config.frames_per_batch)
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
-                        rank=rank, grad_sync=OverlappedAllReduce() if world > 1 else None, workers=world,
-                        device=device, stats_sync=average_tensors if world > 1 else None)
+                        rank=rank, workers=world, device=device, stats_sync=average_tensors if world > 1 else None)
+    if world > 1:
+        OverlappedAllReduce(run.darth.params)  # its hooks average every backward's gradients
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
     last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
@@ -210,10 +201,12 @@ def train_func(config: dict) -> str | None:
                 last_eval.update(json.loads((Path(d) / PROGRESS_FILE).read_text()))
         resumed_from = run.step
         log.info("rank %d resumed at step %d/%d", rank, run.step, run.total_steps)
+    elif darth_config.target_bn_stats:
+        run.use_target_bn_statistics()
 
     logger = None
     if rank == 0 and loop.wandb is not None:
-        from darth_ray.distributed.wandb_logging import TrialLogger, WandbSettings
+        from darth_ray.wandb_logging import TrialLogger, WandbSettings
 
         settings = {k: v for k, v in loop.wandb.items() if k != "run_id"}
         logger = TrialLogger(WandbSettings(**settings), loop.run_name,
