@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ray import tune
+
+from darth_ray.adapt.config import DarthConfig
 from darth_ray.eval.track import track_and_score
 from darth_ray.data.mot import load_sequences
 from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, NonFiniteLossError, TrainLoopConfig
@@ -38,9 +41,10 @@ def local_ray():
         ray.shutdown()
 
 
-def loop_config(tiny, **overrides) -> TrainLoopConfig:
-    base = dict(source=str(tiny / "source.pt"), target=str(tiny / "bench" / "night"), split="val",
-                darth={"epochs": 1, "lr_steps": (1,), "conf_thr": 0.05}, tracker=LOW, checkpoint_every=2)
+def loop_config(tiny, darth: dict | None = None, **overrides) -> TrainLoopConfig:
+    darth = DarthConfig(**(darth or {"epochs": 1, "lr_steps": (1,), "conf_thr": 0.05}))
+    base = dict(source=str(tiny / "source.pt"), target=str(tiny / "bench" / "night"), split="val", darth=darth,
+                tracker=LOW, checkpoint_every=2)
     return TrainLoopConfig(**{**base, **overrides})
 
 
@@ -123,13 +127,15 @@ def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
     # Optuna reads HOTA from every result: reports before the first evaluation carry HOTA = NaN.
     exp = ExperimentConfig(name="optuna", storage_path=str(tmp_path),
                            loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}),
-                           num_samples=2, scheduler="asha", search="optuna", searched=("conf_thr", "lr"),
+                           num_samples=2, scheduler="asha", search="optuna",
+                           search_space={"darth": {"conf_thr": tune.uniform(0.5, 0.9),
+                                                   "lr": tune.loguniform(5e-4, 5e-3)}},
                            max_concurrent_trials=2, wandb=None)
     grid = run_experiment(exp)
     assert len(grid) == 2 and not grid.errors
     for result in grid:
         assert result.metrics["epoch"] >= 1 and math.isfinite(result.metrics["HOTA"])
-        assert 0.5 <= result.config["conf_thr"] <= 0.9
+        assert 0.5 <= result.config["darth"]["conf_thr"] <= 0.9
     # Both trials' worker CPUs are released (trial functions hold none), so the next experiment can start.
     import ray
     deadline = time.monotonic() + 60
@@ -141,7 +147,9 @@ def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
 def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, local_ray, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), loop=loop_config(tiny), num_samples=2,
-                           scheduler="fifo", searched=("conf_thr", "ema_momentum"), max_concurrent_trials=2,
+                           scheduler="fifo", max_concurrent_trials=2,
+                           search_space={"darth": {"conf_thr": tune.uniform(0.5, 0.9),
+                                                   "ema_momentum": tune.loguniform(5e-4, 1e-2)}},
                            wandb={"mode": "offline"})
     grid = run_experiment(exp)
     assert len(grid) == 2 and not grid.errors
@@ -156,7 +164,7 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
         run = read_finished_run(path)
         assert run.group == "exp"
         trial_id = run.run_id.removeprefix("exp-")
-        assert run.config["conf_thr"] == pytest.approx(trial_configs[trial_id]["conf_thr"])
+        assert run.config["conf_thr"] == pytest.approx(trial_configs[trial_id]["darth"]["conf_thr"])
         steps = [row for row in run.history if "train/loss_total" in row]
         assert [row["train/step"] for row in steps] == [1, 2, 3, 4, 5, 6]  # 12 frames, 1 worker, 2 per step
         assert all({"train/loss_rpn", "train/loss_roi", "train/loss_contrastive", "train/lr"} <= set(r) for r in steps)
@@ -170,7 +178,7 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
     # Tune would resume with the stored search and today's base settings: other settings are refused, by name.
     other = dataclasses.replace(exp, num_samples=1, loop=loop_config(tiny, darth={"epochs": 1, "lr_steps": (1,),
                                                                                   "conf_thr": 0.05, "lr": 1e-3}))
-    with pytest.raises(InputError, match=r"darth.lr: \(unset\) -> 0.001\n  num_samples: 2 -> 1"):
+    with pytest.raises(InputError, match=r"darth.lr: 0.002 -> 0.001\n  num_samples: 2 -> 1"):
         run_experiment(other)
     assert len(find_offline_runs(tmp_path / "exp")) == 2
 
@@ -180,6 +188,27 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
     assert json.loads((aside / EXPERIMENT_FILE).read_text())["num_samples"] == 2
     assert len(find_offline_runs(aside)) == 2
     assert json.loads((tmp_path / "exp" / EXPERIMENT_FILE).read_text())["darth.lr"] == 1e-3
+
+
+def test_every_sampler_range_is_checked_before_a_trial_starts(tiny, tmp_path):
+    loop = loop_config(tiny)
+    exp = dict(name="exp", storage_path=str(tmp_path), loop=loop)
+    ExperimentConfig(**exp, search_space={"darth": {"conf_thr": tune.uniform(0.5, 1.0), "epochs": tune.choice([1, 2]),
+                                                    "lr": tune.grid_search([1e-4, 1e-3])}})
+    for space, error in (
+            ({"darth": {"conf_thr": tune.uniform(0.5, 1.5)}}, r"darth.conf_thr: 1.5 is out of range: .*conf_thr must"),
+            ({"darth": {"lr": tune.loguniform(1e-3, 1e-2), "ema_momentum": tune.uniform(-0.1, 0.5)}},
+             r"darth.ema_momentum: -0.1 is out of range"),
+            ({"darth": {"epochs": tune.randint(0, 3)}}, r"darth.epochs: 0 is out of range: .*epochs must be an int"),
+            ({"darth": {"lr": tune.grid_search([1e-3, 0.0])}}, r"darth.lr: 0.0 is out of range"),
+            ({"darth": {"not_a_knob": tune.uniform(0, 1)}},
+             r"darth.not_a_knob: 0 is out of range: unknown DarthConfig field\(s\): not_a_knob"),
+            ({"darth": {"lr": tune.randn(0.0, 1.0)}}, r"darth.lr: -inf is out of range"),
+            ({"darth": {"lr": tune.sample_from(lambda _: 1e-3)}}, r"darth.lr: cannot check the range of a Function"),
+            ({"tracker": {"init_score_thr": tune.uniform(0, 1)}, "darth": {"conf_thr": tune.choice([0.5, 2])}},
+             r"darth.conf_thr: 2 is out of range")):
+        with pytest.raises(ValueError, match=f"^search space {error}"):
+            ExperimentConfig(**exp, search_space=space)
 
 
 def test_experiment_settings_see_a_changed_source_checkpoint(tiny, tmp_path):
@@ -203,21 +232,18 @@ def test_experiment_settings_see_a_changed_source_checkpoint(tiny, tmp_path):
 
 
 def test_a_diverging_trial_errors_with_its_last_good_checkpoint_and_the_others_finish(tiny, tmp_path, local_ray,
-                                                                                       monkeypatch, capsys):
+                                                                                       capsys):
     import torch
-    from ray import tune
 
-    from darth_ray.distributed import tune as darth_tune
     from darth_ray.distributed.train import STATE_FILE
     from experiments import tune_dance
 
     # Two trials: lr 1e6 makes the step-2 loss NaN (deterministically, after step 1's checkpoint), lr 1e-4 does not.
-    monkeypatch.setattr(darth_tune, "param_space", lambda names: {"lr": tune.grid_search([1e-4, 1e6])})
     exp = ExperimentConfig(name="nan", storage_path=str(tmp_path), loop=loop_config(tiny, checkpoint_every=1),
-                           num_samples=1, scheduler="fifo", searched=("lr",), max_concurrent_trials=2,
-                           max_failures=1, wandb=None)
+                           num_samples=1, scheduler="fifo", max_concurrent_trials=2,
+                           search_space={"darth": {"lr": tune.grid_search([1e-4, 1e6])}}, max_failures=1, wandb=None)
     grid = run_experiment(exp)
-    good, bad = sorted(grid, key=lambda r: r.config["lr"])
+    good, bad = sorted(grid, key=lambda r: r.config["darth"]["lr"])
     assert good.error is None and good.metrics["step"] == 6 and math.isfinite(good.metrics["HOTA"])
 
     assert bad.error is not None and "non-finite DARTH loss at step 2" in str(bad.error)

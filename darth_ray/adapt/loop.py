@@ -28,6 +28,8 @@ from darth_ray.models.qdtrack import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_EVERY = 50  # steps between checkpoints of an adaptation (`adapt`, the Ray Train worker)
+
 # What `adapt` writes in its output directory (its darth_run.json lists them).
 ADAPT_OUTPUTS = (RESUME_FILE, "final.pt", "adapt_log.jsonl", "results", "metrics.json", "source_metrics.json",
                  "summary.json")
@@ -120,7 +122,7 @@ class AdaptationRun:
 
 
 def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = DarthConfig(), split: str | None = None,
-          checkpoint_every: int = 50, tracker_params: dict | None = None, resume: bool = True,
+          checkpoint_every: int = CHECKPOINT_EVERY, tracker_params: dict | None = None, resume: bool = True,
           evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu") -> dict:
     """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student.
 

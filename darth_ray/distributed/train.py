@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -22,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from darth_ray.adapt.config import DarthConfig
+from darth_ray.adapt.loop import CHECKPOINT_EVERY
 from darth_ray.io import dataclass_from_dict
 
 log = logging.getLogger(__name__)
@@ -38,15 +41,16 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainLoopConfig:
-    """What a Ray Train worker needs besides the DARTH hyperparameters."""
+    """What a Ray Train worker runs: the DARTH hyperparameters, data and cadence. It crosses to Ray as a nested dict
+    (`to_dict`: Tune's param_space, TorchTrainer's train_loop_config) and is rebuilt once, in the worker."""
 
     source: str                      # source checkpoint
     target: str                      # target dataset root / split directory
     split: str | None = None
-    darth: dict = field(default_factory=dict)          # DarthConfig fields
+    darth: DarthConfig = DarthConfig()
     tracker: dict = field(default_factory=dict)        # QuasiDenseTracker params
     threads_per_worker: int = 1
-    checkpoint_every: int = 20       # steps
+    checkpoint_every: int = CHECKPOINT_EVERY  # steps; and at every epoch's end
     report_every: int = 5            # steps between metric reports (a barrier across workers)
     eval_every_epoch: bool = True
     final_eval: bool = True          # track + score the adapted student at the end
@@ -55,7 +59,10 @@ class TrainLoopConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainLoopConfig":
-        return dataclass_from_dict(cls, d)
+        return dataclass_from_dict(cls, {**d, "darth": DarthConfig.from_dict(d.get("darth", {}))})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def average_tensors(tensors: list[torch.Tensor]) -> None:
@@ -169,14 +176,13 @@ def train_func(config: dict) -> str | None:
     that stopped the run early (a non-finite loss; the Result's `return_value`), None when it ran to the end."""
     import ray.train
 
-    from darth_ray.adapt.config import DarthConfig
     from darth_ray.adapt.loop import AdaptationRun
     from darth_ray.data.mot import load_sequences
     from darth_ray.data.sharding import frame_counts, shard_frames
     from darth_ray.eval.metrics import COMBINED
 
     loop = TrainLoopConfig.from_dict(config)
-    darth_config = DarthConfig.from_dict(loop.darth)
+    darth_config = loop.darth
     torch.set_num_threads(loop.threads_per_worker)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

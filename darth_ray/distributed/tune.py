@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from darth_ray.distributed.train import ERROR_KEY, NonFiniteLossError, TrainLoopConfig, train_func
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
@@ -20,26 +21,78 @@ log = logging.getLogger(__name__)
 TRIAL_MEMORY = 256 * 2**20  # bytes reserved by each trial function (its driver of the TorchTrainer)
 EXPERIMENT_FILE = "darth_experiment.json"  # in the experiment directory: the settings its trials were run with
 
-# Hyperparameters searched by default (DARTH.md "What people tune"), as (sampler, low, high).
-SEARCH_SPACE = {
-    "aug_strength": ("uniform", 0.5, 1.5),
-    # Off (0) up to the published 0.5: on the embedded benchmark the photometric views cost more than they give.
-    "photometric_prob": ("uniform", 0.0, 0.5),
-    "channel_swap_prob": ("uniform", 0.0, 0.5),
-    "rpn_weight": ("loguniform", 0.02, 0.5),
-    "roi_weight": ("loguniform", 0.02, 0.5),
-    "contrastive_weight": ("loguniform", 0.2, 2.0),
-    "ema_momentum": ("loguniform", 5e-4, 1e-2),
-    "conf_thr": ("uniform", 0.5, 0.9),
-    "lr": ("loguniform", 5e-4, 5e-3),
-}
+
+def search_leaves(space: Mapping, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, sampler) of every searched value of a nested search space, e.g. (("darth", "lr"), tune.loguniform)."""
+    leaves = []
+    for key, value in space.items():
+        if isinstance(value, Mapping) and set(value) != {"grid_search"}:
+            leaves += search_leaves(value, path + (key,))
+        else:
+            leaves.append((path + (key,), value))
+    return leaves
 
 
-def param_space(names=tuple(SEARCH_SPACE)) -> dict:
-    from ray import tune
+def knob_name(path: tuple[str, ...]) -> str:
+    """How a searched value is named in rankings and W&B: a DARTH knob by its name, anything else by its path."""
+    return ".".join(path[1:] if path[0] == "darth" else path)
 
-    samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform}
-    return {name: samplers[kind](lo, hi) for name, (kind, lo, hi) in SEARCH_SPACE.items() if name in names}
+
+def searched_values(config: Mapping, space: Mapping) -> dict[str, Any]:
+    """A trial's drawn values of the searched knobs, by `knob_name`."""
+    values = {}
+    for path, _ in search_leaves(space):
+        value = config
+        for key in path:
+            value = value[key]
+        values[knob_name(path)] = value
+    return values
+
+
+def sampler_extremes(sampler: Any) -> list:
+    """Every value a sampler can reach at its edges: a range's bounds, each category, each grid value."""
+    from ray.tune.search.sample import Categorical, Domain, Float, Integer
+
+    if isinstance(sampler, Mapping):  # tune.grid_search
+        return list(sampler["grid_search"])
+    if isinstance(sampler, (Float, Integer)) and sampler.lower is not None and sampler.upper is not None:
+        return [sampler.lower, sampler.upper - 1 if isinstance(sampler, Integer) else sampler.upper]
+    if isinstance(sampler, Categorical):
+        return list(sampler.categories)
+    if isinstance(sampler, Domain):
+        raise ValueError(f"cannot check the range of a {type(sampler).__name__} sampler")
+    return [sampler]  # a constant
+
+
+def _with_value(config: dict, path: tuple[str, ...], value: Any) -> dict:
+    head, *rest = path
+    return {**config, head: _with_value(config.get(head, {}), tuple(rest), value) if rest else value}
+
+
+def check_search_space(loop: TrainLoopConfig, space: Mapping) -> None:
+    """Before any trial starts: at each edge of every sampler the trial's config is valid (DarthConfig's checks);
+    otherwise a ValueError naming the knob and the value."""
+    base = loop.to_dict()
+    for path, sampler in search_leaves(space):
+        name = ".".join(path)
+        try:
+            values = sampler_extremes(sampler)
+        except ValueError as e:
+            raise ValueError(f"search space {name}: {e}") from None
+        for value in values:
+            try:
+                TrainLoopConfig.from_dict(_with_value(base, path, value))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"search space {name}: {value!r} is out of range: {e}") from None
+
+
+def trial_param_space(exp: "ExperimentConfig") -> dict:
+    """Tune's param_space: the trial's TrainLoopConfig as a dict, the searched values replaced by their samplers.
+    It reaches the worker as train_loop_config."""
+    space = exp.loop.to_dict()
+    for path, sampler in search_leaves(exp.search_space):
+        space = _with_value(space, path, sampler)
+    return space
 
 
 @dataclass(frozen=True)
@@ -48,14 +101,15 @@ class ExperimentConfig:
 
     name: str
     storage_path: str                      # absolute; trials, checkpoints and W&B runs go below it
-    loop: TrainLoopConfig                  # base per-trial loop config; searched keys override loop.darth
+    loop: TrainLoopConfig                  # every trial's config, but for the searched values
+    # Tune samplers nested as TrainLoopConfig nests its fields: {"darth": {"lr": tune.loguniform(5e-4, 5e-3)}}
+    search_space: Mapping = field(default_factory=dict)
     workers_per_trial: int = 1
     gpus_per_worker: float = 0.0
     num_samples: int = 4
     max_concurrent_trials: int | None = None
     scheduler: str = "asha"                # "asha" or "fifo"
     search: str = "random"                 # "random" or "optuna"
-    searched: tuple[str, ...] = tuple(SEARCH_SPACE)
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
     seed: int = 0
     wandb: dict | None = field(default_factory=lambda: {"mode": None})
@@ -69,9 +123,7 @@ class ExperimentConfig:
                          ("search", self.search in ("random", "optuna"))):
             if not ok:
                 raise ValueError(f"ExperimentConfig.{name} is invalid: {getattr(self, name)!r}")
-        unknown = sorted(set(self.searched) - set(SEARCH_SPACE))
-        if unknown:
-            raise ValueError(f"cannot search {', '.join(unknown)}; searchable: {', '.join(SEARCH_SPACE)}")
+        check_search_space(self.loop, self.search_space)
 
 
 def experiment_settings(exp: ExperimentConfig) -> dict:
@@ -83,19 +135,24 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
         raise InputError(loop.source, "source checkpoint not found")
     settings = {"source": loop.source, "source_sha256": file_sha256(loop.source),
                 "target": loop.target, "split": loop.split,
-                **{f"darth.{k}": v for k, v in sorted(loop.darth.items())},
+                **{f"darth.{k}": v for k, v in sorted(loop.darth.to_dict().items())},
                 **{f"tracker.{k}": v for k, v in sorted(loop.tracker.items())},
                 "eval_every_epoch": loop.eval_every_epoch, "workers_per_trial": exp.workers_per_trial,
                 "num_samples": exp.num_samples, "scheduler": exp.scheduler, "search": exp.search,
-                "searched": sorted(exp.searched), "seed": exp.seed}
+                "searched": sorted(".".join(path) for path, _ in search_leaves(exp.search_space)), "seed": exp.seed}
     return json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
 
 
 def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, storage_path: str, name: str,
               max_failures: int = 1, in_tune: bool = False, train_loop=train_func):
-    """Fit one TorchTrainer running `train_loop` (`train_func` or a wrapper of it); returns its ray.train.Result. A run stopped by a non-finite loss
-    returns with `error` set (a NonFiniteLossError naming the step and the last good checkpoint, which is
-    `checkpoint`)."""
+    """Fit one TorchTrainer running `train_loop` (`train_func` or a wrapper of it); returns its ray.train.Result.
+    A run stopped by a non-finite loss returns with `error` set (a NonFiniteLossError naming the step and the last
+    good checkpoint, which is `checkpoint`)."""
+    return _fit(loop.to_dict(), workers, gpus_per_worker, storage_path, name, max_failures, in_tune, train_loop)
+
+
+def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_path: str, name: str,
+         max_failures: int, in_tune: bool, train_loop):
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -104,11 +161,11 @@ def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, stora
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    resources = {"CPU": loop.threads_per_worker}
+    resources = {"CPU": train_loop_config["threads_per_worker"]}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
-        train_loop, train_loop_config=dataclasses.asdict(loop),
+        train_loop, train_loop_config=train_loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
@@ -123,21 +180,19 @@ def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, stora
 
 
 def _trial(config: dict, base: dict) -> None:
-    """Tune function trainable: the searched values (`config`) override the base DARTH config of this trial."""
+    """Tune function trainable: `config` (Tune's draw from the param space) is the trial's train_loop_config."""
     from ray import tune
 
-    loop = TrainLoopConfig.from_dict(base["loop"])
     context = tune.get_context()
     trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
-    searched = dict(config)
     wandb = None
     if base["wandb"] is not None:
         wandb = {**{k: v for k, v in base["wandb"].items() if v is not None},
                  "group": base["name"], "dir": str(Path(base["storage_path"]) / base["name"]),  # runs: <dir>/wandb/
                  "run_id": f"{base['name']}-{trial_id}"}
-    loop = dataclasses.replace(loop, darth={**loop.darth, **searched}, run_name=trial_name, wandb=wandb)
-    result = fit_trial(loop, base["workers"], base["gpus"], str(Path(base["storage_path"]) / base["name"] / "train"),
-                       name=trial_id, max_failures=base["max_failures"], in_tune=True)
+    result = _fit({**config, "run_name": trial_name, "wandb": wandb}, base["workers"], base["gpus"],
+                  str(Path(base["storage_path"]) / base["name"] / "train"), trial_id, base["max_failures"],
+                  in_tune=True, train_loop=train_func)
     if result.error:  # the trial errors (Tune does not retry it), its last result naming the last good checkpoint
         tune.report({**(result.metrics or {}), ERROR_KEY: str(result.error),
                      "checkpoint_path": result.checkpoint.path if result.checkpoint else None})
@@ -152,7 +207,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     does, so later trials wait forever for CPUs."""
     from ray import tune
 
-    base = {"loop": dataclasses.asdict(exp.loop), "name": exp.name, "storage_path": exp.storage_path,
+    base = {"name": exp.name, "storage_path": exp.storage_path,
             "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures,
             "wandb": exp.wandb}
     # The trial function only waits on its TorchTrainer, so it holds no CPU (even 0.01 CPU per trial would keep the
@@ -184,7 +239,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     if exp.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        epochs = exp.loop.darth.get("epochs", 4)
+        epochs = exp.loop.darth.epochs
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
     search_alg = None
     if exp.search == "optuna":
@@ -193,7 +248,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         search_alg = OptunaSearch(seed=exp.seed)
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space(exp.searched),
+        param_space=trial_param_space(exp),
         tune_config=tune.TuneConfig(metric="HOTA", mode="max", num_samples=exp.num_samples, scheduler=scheduler,
                                     search_alg=search_alg, max_concurrent_trials=exp.max_concurrent_trials),
         run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path,
