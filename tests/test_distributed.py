@@ -211,6 +211,31 @@ def test_every_sampler_range_is_checked_before_a_trial_starts(tiny, tmp_path):
             ExperimentConfig(**exp, search_space=space)
 
 
+def test_a_trial_the_scheduler_stops_keeps_its_last_evaluation_in_wandb(tiny, tmp_path, local_ray, monkeypatch):
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    from darth_ray.distributed import tune as darth_tune
+
+    class StopAfterFirstEvaluation(FIFOScheduler):  # what ASHA does to a weak trial at its first rung
+        def on_trial_result(self, tune_controller, trial, result):
+            return TrialScheduler.STOP if result["evaluated"] else TrialScheduler.CONTINUE
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(darth_tune, "trial_scheduler", lambda exp: StopAfterFirstEvaluation())
+    exp = ExperimentConfig(name="stop", storage_path=str(tmp_path), num_samples=1, wandb={"mode": "offline"},
+                           loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}))
+    (result,) = run_experiment(exp)
+    # 12 frames, 2 per step: stopped at step 6 of 12, just after the evaluation that ends epoch 1
+    assert result.metrics["step"] == 6 and result.metrics["evaluated"]
+    (path,) = find_offline_runs(tmp_path / "stop")
+    run = read_finished_run(path)
+    assert run.exit_code == 0  # finished, not left open by the stopped trial
+    assert [row["train/step"] for row in run.history if "train/loss_total" in row] == [1, 2, 3, 4, 5, 6]
+    (evaluation,) = [row for row in run.history if "eval/HOTA" in row]
+    assert evaluation["train/step"] == 6 and evaluation["eval/HOTA"] == pytest.approx(result.metrics["HOTA"])
+    assert run.summary["best/HOTA"] == pytest.approx(result.metrics["HOTA"])
+
+
 def test_experiment_settings_see_a_changed_source_checkpoint(tiny, tmp_path):
     import shutil
 

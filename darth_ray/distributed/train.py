@@ -33,6 +33,7 @@ EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
 STATE_FILE = "darth_state.pt"
 PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
 ERROR_KEY = "error"  # in the last report of a run stopped by a non-finite loss: what happened
+EVALUATED_KEY = "evaluated"  # true in the report of a new evaluation
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,11 +52,9 @@ class TrainLoopConfig:
     tracker: dict = field(default_factory=dict)        # QuasiDenseTracker params
     threads_per_worker: int = 1
     checkpoint_every: int = CHECKPOINT_EVERY  # steps; and at every epoch's end
-    report_every: int = 5            # steps between metric reports (a barrier across workers)
+    report_every: int = 1            # steps between metric reports (a barrier; W&B's train/* rows come from them)
     eval_every_epoch: bool = True
     final_eval: bool = True          # track + score the adapted student at the end
-    wandb: dict | None = None        # WandbSettings fields; None = no W&B
-    run_name: str = "darth"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainLoopConfig":
@@ -210,52 +209,38 @@ def train_func(config: dict) -> str | None:
     elif darth_config.target_bn_stats:
         run.use_target_bn_statistics()
 
-    logger = None
-    if rank == 0 and loop.wandb is not None:
-        from darth_ray.wandb_logging import TrialLogger, WandbSettings
-
-        settings = {k: v for k, v in loop.wandb.items() if k != "run_id"}
-        logger = TrialLogger(WandbSettings(**settings), loop.run_name,
-                             {**darth_config.to_dict(), "workers": world}, run_id=loop.wandb.get("run_id"))
     first_step, started = run.step, time.perf_counter()
-    error = None
-    try:
-        while run.step < run.total_steps:
-            losses, error = _step_on_every_rank(run, world)
-            if error:
-                # Deterministic: restarting from the last checkpoint (FailureConfig) would diverge the same way. The
-                # run ends with the error in its last report; the checkpoints stay those before the step.
-                ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from,
-                                  ERROR_KEY: error, **last_eval})
-                return error
-            if logger:
-                logger.log_step(run.step, {k: v for k, v in losses.items() if k.startswith("loss")}, losses["lr"])
-            end_of_epoch = run.step % run.steps_per_epoch == 0
-            done = run.step == run.total_steps
-            if done:  # adaptation throughput of the whole worker group, start-up excluded
-                elapsed = time.perf_counter() - started
-                frames = (run.step - first_step) * darth_config.frames_per_batch * world
-                losses["adapt_frames_per_s"] = frames / elapsed
-            evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
-            if evaluated:
-                _, scores = evaluate_sharded(run.darth.student, sequences, loop.tracker, rank, world)
-                if scores:
-                    best = last_eval["best_HOTA"]
-                    last_eval = {k: scores[COMBINED][k] for k in EVAL_METRICS}
-                    last_eval["best_HOTA"] = last_eval["HOTA"] if math.isnan(best) else max(best, last_eval["HOTA"])
-                    if logger:
-                        logger.log_eval(run.step, {k: scores[COMBINED][k] for k in EVAL_METRICS})
-            # The latest evaluation rides along with later step reports, so every report Tune sees after the
-            # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
-            metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval}
-            if done:
-                metrics["ranks_in_sync"] = ranks_in_sync(run.darth.teacher, world)
-            save = run.step % loop.checkpoint_every == 0 or end_of_epoch
-            if save or run.step % loop.report_every == 0 or evaluated:
-                _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
-    finally:
-        if logger:
-            logger.finish(exit_code=1 if error else 0)
+    while run.step < run.total_steps:
+        losses, error = _step_on_every_rank(run, world)
+        if error:
+            # Deterministic: restarting from the last checkpoint (FailureConfig) would diverge the same way. The
+            # run ends with the error in its last report; the checkpoints stay those before the step.
+            ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from,
+                              ERROR_KEY: error, **last_eval})
+            return error
+        end_of_epoch = run.step % run.steps_per_epoch == 0
+        done = run.step == run.total_steps
+        if done:  # adaptation throughput of the whole worker group, start-up excluded
+            elapsed = time.perf_counter() - started
+            frames = (run.step - first_step) * darth_config.frames_per_batch * world
+            losses["adapt_frames_per_s"] = frames / elapsed
+        evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
+        if evaluated:
+            _, scores = evaluate_sharded(run.darth.student, sequences, loop.tracker, rank, world)
+            if scores:
+                best = last_eval["best_HOTA"]
+                last_eval = {k: scores[COMBINED][k] for k in EVAL_METRICS}
+                last_eval["best_HOTA"] = last_eval["HOTA"] if math.isnan(best) else max(best, last_eval["HOTA"])
+        # The latest evaluation rides along with later step reports, so every report Tune sees after the
+        # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
+        # `evaluated` marks the report of a new evaluation (W&B's eval/* rows).
+        metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval,
+                   EVALUATED_KEY: bool(evaluated and scores)}
+        if done:
+            metrics["ranks_in_sync"] = ranks_in_sync(run.darth.teacher, world)
+        save = run.step % loop.checkpoint_every == 0 or end_of_epoch
+        if save or run.step % loop.report_every == 0 or evaluated:
+            _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
 
 
 def _step_on_every_rank(run, world: int) -> tuple[dict | None, str | None]:

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from darth_ray.distributed.train import ERROR_KEY, NonFiniteLossError, TrainLoopConfig, train_func
+from ray import tune
+
+from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, NonFiniteLossError, TrainLoopConfig,
+                                         train_func)
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
@@ -181,22 +184,68 @@ def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_
 
 def _trial(config: dict, base: dict) -> None:
     """Tune function trainable: `config` (Tune's draw from the param space) is the trial's train_loop_config."""
-    from ray import tune
-
-    context = tune.get_context()
-    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
-    wandb = None
-    if base["wandb"] is not None:
-        wandb = {**{k: v for k, v in base["wandb"].items() if v is not None},
-                 "group": base["name"], "dir": str(Path(base["storage_path"]) / base["name"]),  # runs: <dir>/wandb/
-                 "run_id": f"{base['name']}-{trial_id}"}
-    result = _fit({**config, "run_name": trial_name, "wandb": wandb}, base["workers"], base["gpus"],
-                  str(Path(base["storage_path"]) / base["name"] / "train"), trial_id, base["max_failures"],
-                  in_tune=True, train_loop=train_func)
+    trial_id = tune.get_context().get_trial_id()
+    result = _fit(config, base["workers"], base["gpus"], str(Path(base["storage_path"]) / base["name"] / "train"),
+                  trial_id, base["max_failures"], in_tune=True, train_loop=train_func)
     if result.error:  # the trial errors (Tune does not retry it), its last result naming the last good checkpoint
         tune.report({**(result.metrics or {}), ERROR_KEY: str(result.error),
                      "checkpoint_path": result.checkpoint.path if result.checkpoint else None})
         raise result.error
+
+
+class WandbCallback(tune.Callback):
+    """One W&B run per trial, written by the Tune driver from the trial's reports (every step's losses, every
+    evaluation). Tune hands each report to its callbacks before it acts on the scheduler's decision, so the
+    evaluation that gets a trial stopped is in its run, and the run is finished when the trial ends, however it
+    ends (completed, stopped by the scheduler, errored). Runs of a crashed worker group go on: rows of steps it
+    repeats after its restart are logged again at their `train/step`."""
+
+    def __init__(self, settings: dict, experiment: str, storage_path: str, workers: int):
+        self.settings = {**{k: v for k, v in settings.items() if v is not None}, "group": experiment,
+                         "dir": str(Path(storage_path) / experiment)}  # runs: <storage>/<experiment>/wandb/
+        self.experiment, self.workers = experiment, workers
+        self.loggers = {}
+
+    def _logger(self, trial):
+        from darth_ray.wandb_logging import TrialLogger, WandbSettings
+
+        if trial.trial_id not in self.loggers:
+            self.loggers[trial.trial_id] = TrialLogger(
+                WandbSettings(**self.settings), str(trial), {**trial.config["darth"], "workers": self.workers},
+                run_id=f"{self.experiment}-{trial.trial_id}")
+        return self.loggers[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if ERROR_KEY in result or "loss_total" not in result:
+            return
+        logger = self._logger(trial)
+        logger.log_step(result["step"], {k: v for k, v in result.items() if k.startswith("loss_")}, result["lr"])
+        if result.get(EVALUATED_KEY):
+            logger.log_eval(result["step"], {k: result[k] for k in EVAL_METRICS})
+
+    def _finish(self, trial, exit_code: int) -> None:
+        logger = self.loggers.pop(trial.trial_id, None)
+        if logger:
+            logger.finish(exit_code=exit_code)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, 0)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, 1)
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:
+            self._finish(trial, 0)
+
+
+def trial_scheduler(exp: "ExperimentConfig"):
+    """The Tune scheduler `exp.scheduler` names (None: FIFO)."""
+    if exp.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="epoch", max_t=exp.loop.darth.epochs, grace_period=1, reduction_factor=2)
+    return None
 
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True):
@@ -205,11 +254,8 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     Ray needs its dashboard (the State API) here: when Tune ends a trial, Ray Train's placement-group cleaner
     frees the trial's worker CPUs only once it sees the controller gone, and without the State API it never
     does, so later trials wait forever for CPUs."""
-    from ray import tune
-
     base = {"name": exp.name, "storage_path": exp.storage_path,
-            "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures,
-            "wandb": exp.wandb}
+            "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures}
     # The trial function only waits on its TorchTrainer, so it holds no CPU (even 0.01 CPU per trial would keep the
     # last trial's workers from fitting on a full node; they would time out waiting). Ray rejects an empty resource
     # request: it reserves memory instead.
@@ -235,12 +281,8 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         path.rename(aside)
         log.info("starting a new experiment %s; the previous one moved to %s", path, aside)
     atomic_write_json(path / EXPERIMENT_FILE, settings)
-    scheduler = None
-    if exp.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        epochs = exp.loop.darth.epochs
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
+    callbacks = [] if exp.wandb is None else [WandbCallback(exp.wandb, exp.name, exp.storage_path,
+                                                            exp.workers_per_trial)]
     search_alg = None
     if exp.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -249,9 +291,10 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     tuner = tune.Tuner(
         trainable,
         param_space=trial_param_space(exp),
-        tune_config=tune.TuneConfig(metric="HOTA", mode="max", num_samples=exp.num_samples, scheduler=scheduler,
-                                    search_alg=search_alg, max_concurrent_trials=exp.max_concurrent_trials),
-        run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path,
+        tune_config=tune.TuneConfig(metric="HOTA", mode="max", num_samples=exp.num_samples,
+                                    scheduler=trial_scheduler(exp), search_alg=search_alg,
+                                    max_concurrent_trials=exp.max_concurrent_trials),
+        run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     return tuner.fit()
