@@ -72,6 +72,7 @@ def at_least(low, kind=int):
 
 def build_parser() -> argparse.ArgumentParser:
     from darth_ray.data.synth import KNOWN_DOMAINS
+    from darth_ray.distributed.tune import SCHEDULERS
 
     p = _Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-concurrent-trials", type=at_least(1), default=None,
                    help="default: the cluster's CPUs / (workers per trial x threads per worker); an autoscaling "
                         "cluster wants it set to what it may grow to")
-    g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="trial scheduler (asha)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                   help="trial scheduler (asha); pbt: Population Based Training over the searched knobs, trials "
+                        "cloning the better trials' checkpoints every epoch")
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
     g.add_argument("--searched", nargs="+", default=KNOBS, choices=KNOBS, metavar="KNOB",
                    help=f"hyperparameters to search (default: all): {', '.join(KNOBS)}")

@@ -284,3 +284,58 @@ def test_a_diverging_trial_errors_with_its_last_good_checkpoint_and_the_others_f
     assert f"errored trials of nan:\n- {Path(bad.path).name}: non-finite DARTH loss at step 2" in out
     best = json.loads((tmp_path / "nan" / "best.json").read_text())
     assert [row["error"] is None for row in best] == [True, False]
+
+
+def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(tiny, tmp_path, local_ray, monkeypatch):
+    import torch
+
+    from darth_ray.adapt.loop import AdaptationRun
+    from darth_ray.data.sharding import frame_counts, shard_frames
+    from darth_ray.distributed.train import STATE_FILE
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    exp = ExperimentConfig(name="pbt", storage_path=str(tmp_path), scheduler="pbt", num_samples=2,
+                           max_concurrent_trials=2, search_space={"darth": {"lr": tune.loguniform(1e-4, 1e-2)}},
+                           loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}),
+                           wandb={"mode": "offline"})
+    grid = run_experiment(exp)
+    assert len(grid) == 2 and not grid.errors
+    rows = {Path(r.path): [json.loads(line) for line in (Path(r.path) / "result.json").read_text().splitlines()]
+            for r in grid}
+    # After epoch 1 (step 6 of 12) the worse trial goes on from the better one's checkpoint, the better from its own.
+    (clone, donor), = [(path, other) for path, trial_rows in rows.items() for other in rows if other != path
+                       and any(r["resumed_from_step"] == 6 and Path(r["start_from"]).is_relative_to(other)
+                               for r in trial_rows)]
+    before = [r for r in rows[clone] if not r["start_from"]]
+    start = next(r["start_from"] for r in rows[clone] if r["resumed_from_step"] == 6)
+    after = [r for r in rows[clone] if r["start_from"] == start]
+    assert [r["step"] for r in before] == list(range(1, len(before) + 1))  # Tune may not log the paused step 6
+    assert [r["step"] for r in after] == list(range(7, 13))
+    assert after[0]["resumed_from_step"] == 6
+    old_lr, new_lr = before[0]["config"]["darth"]["lr"], after[0]["config"]["darth"]["lr"]
+    assert new_lr != old_lr and 1e-4 <= new_lr <= 1e-2
+
+    # Steps 7 and 8 replayed here from the donor's checkpoint with the perturbed config give the clone's losses:
+    # its weights were the donor's, and it trains with the new lr.
+    state = torch.load(Path(after[0]["start_from"]) / STATE_FILE, weights_only=False)
+    assert state["step"] == 6
+    config = TrainLoopConfig.from_dict({k: v for k, v in after[0]["config"].items()})
+    sequences = load_sequences(config.target, split=config.split)
+    (frames,) = shard_frames(frame_counts(sequences), 1)
+    replay = AdaptationRun(Path(config.source), sequences, frames, config.darth, steps_per_epoch=6)
+    replay.load_state_dict(state)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads_per_worker)
+    try:
+        replayed = [replay.run_step()["loss_total"] for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    assert replayed == [r["loss_total"] for r in after[:2]]
+
+    # W&B: one run per trial; the clone's records where it went on from, and its new lr.
+    clone_id = after[0]["trial_id"]
+    (path,) = [p for p in find_offline_runs(tmp_path / "pbt") if p.name.endswith(clone_id)]
+    run = read_finished_run(path)
+    restart = run.summary["lineage"][0]
+    assert restart["step"] == 6 and donor.name.startswith(restart["from"]) and restart["lr"] == new_lr
+    assert run.config["lr"] == run.summary["lineage"][-1]["lr"]

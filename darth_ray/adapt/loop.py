@@ -107,10 +107,17 @@ class AdaptationRun:
                 "darth_config": self.config.to_dict(), "source": str(self.source_path)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`, with this run's lr (the same on a resume; PBT restarts a donor's state with
+        another)."""
         self.darth.load_state_dict(state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
+        optimizer = self.darth.optimizer
+        lr = optimizer.defaults["lr"]  # what this run's Darth was built with; loading replaced the groups' lr
+        self.scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * self.config.lr_factor(self.step, self.steps_per_epoch)
 
     def save(self, path: Path) -> Path:
         return atomic_torch_save(self.state_dict(), path)

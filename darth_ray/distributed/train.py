@@ -54,6 +54,9 @@ class TrainLoopConfig:
     checkpoint_every: int = CHECKPOINT_EVERY  # steps; and at every epoch's end
     report_every: int = 1            # steps between metric reports (a barrier; W&B's train/* rows come from them)
     eval_every_epoch: bool = True
+    # A checkpoint directory to start from when the run has none of its own: the Tune checkpoint a trial restarted
+    # by PBT continues from (a donor's after an exploit); its hyperparameters are this config's.
+    start_from: str | None = None
     final_eval: bool = True          # track + score the adapted student at the end
 
     @classmethod
@@ -197,7 +200,7 @@ def train_func(config: dict) -> str | None:
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
     last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(loop.start_from) if loop.start_from else None)
     resumed_from = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -209,6 +212,11 @@ def train_func(config: dict) -> str | None:
     elif darth_config.target_bn_stats:
         run.use_target_bn_statistics()
 
+    if checkpoint is not None and run.step == run.total_steps:  # nothing left (PBT restarted it at its last epoch)
+        ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **last_eval,
+                          EVALUATED_KEY: False, "start_from": loop.start_from},
+                         checkpoint=checkpoint if rank == 0 else None)
+        return None
     first_step, started = run.step, time.perf_counter()
     while run.step < run.total_steps:
         losses, error = _step_on_every_rank(run, world)
@@ -235,7 +243,7 @@ def train_func(config: dict) -> str | None:
         # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
         # `evaluated` marks the report of a new evaluation (W&B's eval/* rows).
         metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval,
-                   EVALUATED_KEY: bool(evaluated and scores)}
+                   EVALUATED_KEY: bool(evaluated and scores), "start_from": loop.start_from}
         if done:
             metrics["ranks_in_sync"] = ranks_in_sync(run.darth.teacher, world)
         save = run.step % loop.checkpoint_every == 0 or end_of_epoch

@@ -1,10 +1,13 @@
 """Ray Tune over DARTH: every trial is a function trainable that builds and fits a TorchTrainer (the pattern Ray
-recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting to Tune through
-`TuneReportCallback`. Trials are ranked by HOTA; ASHA stops weak trials after each evaluated epoch.
+recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting each of its reports to Tune (with
+the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA; ASHA stops weak trials after each
+evaluated epoch, PBT restarts them from better trials' checkpoints. W&B runs are written by the driver
+(`WandbCallback`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ray import tune
+from ray.train.v2.api.callback import UserCallback
 
 from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, NonFiniteLossError, TrainLoopConfig,
                                          train_func)
@@ -22,7 +26,10 @@ from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_ch
 log = logging.getLogger(__name__)
 
 TRIAL_MEMORY = 256 * 2**20  # bytes reserved by each trial function (its driver of the TorchTrainer)
-EXPERIMENT_FILE = "darth_experiment.json"  # in the experiment directory: the settings its trials were run with
+EXPERIMENT_FILE = "darth_experiment.json"
+# "pbt": Population Based Training, its mutations the search space: every epoch the worse half of the trials restart
+# from the better half's checkpoints (student, teacher, optimiser, step) with perturbed values.
+SCHEDULERS = ("asha", "fifo", "pbt")  # in the experiment directory: the settings its trials were run with
 
 
 def search_leaves(space: Mapping, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -111,7 +118,7 @@ class ExperimentConfig:
     gpus_per_worker: float = 0.0
     num_samples: int = 4
     max_concurrent_trials: int | None = None
-    scheduler: str = "asha"                # "asha" or "fifo"
+    scheduler: str = "asha"                # one of SCHEDULERS
     search: str = "random"                 # "random" or "optuna"
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
     seed: int = 0
@@ -122,7 +129,7 @@ class ExperimentConfig:
             raise ValueError(f"storage_path must be absolute, got {self.storage_path!r}")
         for name, ok in (("workers_per_trial", self.workers_per_trial >= 1), ("num_samples", self.num_samples >= 1),
                          ("gpus_per_worker", self.gpus_per_worker >= 0), ("max_failures", self.max_failures >= -1),
-                         ("scheduler", self.scheduler in ("asha", "fifo")),
+                         ("scheduler", self.scheduler in SCHEDULERS),
                          ("search", self.search in ("random", "optuna"))):
             if not ok:
                 raise ValueError(f"ExperimentConfig.{name} is invalid: {getattr(self, name)!r}")
@@ -155,15 +162,15 @@ def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, stora
 
 
 def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_path: str, name: str,
-         max_failures: int, in_tune: bool, train_loop):
+         max_failures: int, in_tune: bool, train_loop, tune_checkpoints: bool = False):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    callbacks = []
+    reports = None
     if in_tune:
-        from ray.tune.integration.ray_train import TuneReportCallback
+        from ray.util.queue import Queue
 
-        callbacks.append(TuneReportCallback())
+        reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     resources = {"CPU": train_loop_config["threads_per_worker"]}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
@@ -171,10 +178,11 @@ def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_
         train_loop, train_loop_config=train_loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
+                                       callbacks=[] if reports is None else [_ReportsToQueue(reports)],
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
+    result = trainer.fit() if reports is None else _fit_reporting_to_tune(trainer, reports, tune_checkpoints)
     if result.return_value:  # train_func stopped at a non-finite loss
         last = result.checkpoint.path if result.checkpoint else "none"
         result = dataclasses.replace(result, error=NonFiniteLossError(
@@ -182,11 +190,59 @@ def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_
     return result
 
 
+class _ReportsToQueue(UserCallback):
+    """Ray Train -> Tune: rank 0's metrics of every report and its checkpoint's path, into a queue the trial
+    function empties (Ray's TuneReportCallback forwards the path only, as a metric; cloning schedulers need the
+    checkpoint itself reported to Tune)."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
+
+
+def _fit_reporting_to_tune(trainer, reports, tune_checkpoints: bool):
+    """`trainer.fit()` in a thread while this (the trial's) thread reports each of its reports to Tune, with the
+    checkpoint as a Tune checkpoint when `tune_checkpoints` (PBT clones trials from them)."""
+    import queue
+    import threading
+
+    outcome = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the trial's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while thread.is_alive() or not reports.empty():
+        try:
+            metrics, path = reports.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        checkpoint = tune.Checkpoint(path) if path and tune_checkpoints else None
+        tune.report({**metrics, **({"checkpoint_path": path} if path else {})}, checkpoint=checkpoint)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def _trial(config: dict, base: dict) -> None:
-    """Tune function trainable: `config` (Tune's draw from the param space) is the trial's train_loop_config."""
+    """Tune function trainable: `config` (Tune's draw from the param space) is the trial's train_loop_config. A trial
+    PBT restarts (after an exploit: with the donor's checkpoint and perturbed values) starts a new Train run from
+    its Tune checkpoint."""
     trial_id = tune.get_context().get_trial_id()
-    result = _fit(config, base["workers"], base["gpus"], str(Path(base["storage_path"]) / base["name"] / "train"),
-                  trial_id, base["max_failures"], in_tune=True, train_loop=train_func)
+    storage, name = Path(base["storage_path"]) / base["name"] / "train", trial_id
+    start = tune.get_checkpoint()
+    if start is not None:
+        config = {**config, "start_from": start.path}
+        name = f"{trial_id}.{len(list(storage.glob(f'{trial_id}.*'))) + 1}"
+    result = _fit(config, base["workers"], base["gpus"], str(storage), name, base["max_failures"], in_tune=True,
+                  train_loop=train_func, tune_checkpoints=base["tune_checkpoints"])
     if result.error:  # the trial errors (Tune does not retry it), its last result naming the last good checkpoint
         tune.report({**(result.metrics or {}), ERROR_KEY: str(result.error),
                      "checkpoint_path": result.checkpoint.path if result.checkpoint else None})
@@ -198,13 +254,15 @@ class WandbCallback(tune.Callback):
     evaluation). Tune hands each report to its callbacks before it acts on the scheduler's decision, so the
     evaluation that gets a trial stopped is in its run, and the run is finished when the trial ends, however it
     ends (completed, stopped by the scheduler, errored). Runs of a crashed worker group go on: rows of steps it
-    repeats after its restart are logged again at their `train/step`."""
+    repeats after its restart are logged again at their `train/step`. A trial PBT restarts keeps its run, which
+    records where it went on from (`TrialLogger.log_restart`)."""
 
     def __init__(self, settings: dict, experiment: str, storage_path: str, workers: int):
         self.settings = {**{k: v for k, v in settings.items() if v is not None}, "group": experiment,
                          "dir": str(Path(storage_path) / experiment)}  # runs: <storage>/<experiment>/wandb/
         self.experiment, self.workers = experiment, workers
         self.loggers = {}
+        self.started_from = {}  # trial id: the checkpoint its current Train run started from
 
     def _logger(self, trial):
         from darth_ray.wandb_logging import TrialLogger, WandbSettings
@@ -216,9 +274,16 @@ class WandbCallback(tune.Callback):
         return self.loggers[trial.trial_id]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if ERROR_KEY in result or "loss_total" not in result:
+        if ERROR_KEY in result:
             return
         logger = self._logger(trial)
+        start = result.get("start_from")
+        if start and self.started_from.get(trial.trial_id) != start:  # restarted by PBT: from whose checkpoint
+            self.started_from[trial.trial_id] = start
+            donor = next((str(t) for t in trials if Path(start).is_relative_to(t.path)), start)
+            logger.log_restart(result["resumed_from_step"], donor, trial.config["darth"])
+        if "loss_total" not in result:
+            return
         logger.log_step(result["step"], {k: v for k, v in result.items() if k.startswith("loss_")}, result["lr"])
         if result.get(EVALUATED_KEY):
             logger.log_eval(result["step"], {k: result[k] for k in EVAL_METRICS})
@@ -245,7 +310,28 @@ def trial_scheduler(exp: "ExperimentConfig"):
         from ray.tune.schedulers import ASHAScheduler
 
         return ASHAScheduler(time_attr="epoch", max_t=exp.loop.darth.epochs, grace_period=1, reduction_factor=2)
+    if exp.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        # synch: every trial reaches the epoch (and its evaluation) before any is compared
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=1, synch=True, quantile_fraction=0.5,
+                                       hyperparam_mutations=dict(exp.search_space),
+                                       custom_explore_fn=functools.partial(clamp_to_space, space=exp.search_space))
     return None
+
+
+def clamp_to_space(config: dict, space: Mapping) -> dict:
+    """PBT's perturbations (x0.8, x1.2) can leave a range (conf_thr 0.85 x 1.2): back to its bound."""
+    from ray.tune.search.sample import Float, Integer
+
+    for path, sampler in search_leaves(space):
+        if isinstance(sampler, (Float, Integer)):
+            parent = config
+            for key in path[:-1]:
+                parent = parent[key]
+            high = sampler.upper - 1 if isinstance(sampler, Integer) else sampler.upper
+            parent[path[-1]] = min(max(parent[path[-1]], sampler.lower), high)
+    return config
 
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True):
@@ -255,7 +341,8 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     frees the trial's worker CPUs only once it sees the controller gone, and without the State API it never
     does, so later trials wait forever for CPUs."""
     base = {"name": exp.name, "storage_path": exp.storage_path,
-            "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures}
+            "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures,
+            "tune_checkpoints": exp.scheduler == "pbt"}
     # The trial function only waits on its TorchTrainer, so it holds no CPU (even 0.01 CPU per trial would keep the
     # last trial's workers from fitting on a full node; they would time out waiting). Ray rejects an empty resource
     # request: it reserves memory instead.
