@@ -24,7 +24,7 @@ def measure(name: str, threads: int, repeats: int) -> dict:
 
     from darth_ray.eval.track import detect_and_embed
     from darth_ray.models.qdtrack import build_model
-    from darth_ray.models.source_training import qdtrack_losses
+    from darth_ray.source_training import qdtrack_losses
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

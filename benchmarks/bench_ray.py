@@ -37,6 +37,9 @@ def main() -> None:
 
     import ray
 
+    from ray import tune
+
+    from darth_ray.adapt.config import DarthConfig
     from darth_ray.data.synth import SynthConfig, generate_benchmark
     from darth_ray.distributed.train import TrainLoopConfig
     from darth_ray.distributed.tune import ExperimentConfig, fit_trial, run_experiment
@@ -52,7 +55,7 @@ def main() -> None:
         save_checkpoint(source, build_model("small"))
     # conf_thr 0.05 so even a random-init teacher yields pseudo-boxes and the contrastive branch runs
     loop = TrainLoopConfig(source=str(source), target=str(tmp / "bench" / "night"), split="val",
-                           darth={"epochs": 1, "lr_steps": (1,), "conf_thr": 0.05}, eval_every_epoch=False,
+                           darth=DarthConfig(epochs=1, lr_steps=(1,), conf_thr=0.05), eval_every_epoch=False,
                            final_eval=False, checkpoint_every=10_000, report_every=10_000)
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # Train's PG cleaner needs the State API
     time.sleep(args.settle)  # the dashboard's processes start up for a while, taking CPU from the first fit
@@ -65,7 +68,8 @@ def main() -> None:
     if fps:
         print(f"2 workers vs 1 (baseline): {fps[2] / fps[1]:.2f}x (target >= 1.7x)")
 
-    small = dataclasses.replace(loop, darth={**loop.darth, "epochs": 1}, target=str(tmp / "bench" / "night"))
+    small = dataclasses.replace(loop, darth=dataclasses.replace(loop.darth, epochs=1),
+                                target=str(tmp / "bench" / "night"))
     direct = 0.0
     for i in range(2):
         wait_for_free_cpus()  # a finished trainer's workers are released asynchronously
@@ -74,7 +78,8 @@ def main() -> None:
         direct += (time.perf_counter() - t0) / 2
     wait_for_free_cpus()
     exp = ExperimentConfig(name="overhead", storage_path=str(tmp / "tune"), loop=small, num_samples=2,
-                           scheduler="fifo", max_concurrent_trials=1, searched=("conf_thr",), wandb=None)
+                           scheduler="fifo", max_concurrent_trials=1, wandb=None,
+                           search_space={"darth": {"conf_thr": tune.uniform(0.5, 0.9)}})
     t0 = time.perf_counter()
     run_experiment(exp)
     tuned = (time.perf_counter() - t0) / 2

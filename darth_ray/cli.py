@@ -170,7 +170,7 @@ def _device(requested: str) -> str:
 def _train_source(args: argparse.Namespace) -> None:
     import torch
 
-    from darth_ray.models.source_training import SourceTrainConfig, train_source
+    from darth_ray.source_training import SourceTrainConfig, train_source
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -11,7 +11,7 @@ import torch
 
 from darth_ray.data.synth import SynthConfig, benchmark_matches, generate_benchmark, read_benchmark
 from darth_ray.io import atomic_write_json
-from darth_ray.models.source_training import SourceTrainConfig, train_source
+from darth_ray.source_training import SourceTrainConfig, train_source
 
 log = logging.getLogger(__name__)
 

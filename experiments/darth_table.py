@@ -73,7 +73,7 @@ def adapted_metrics(source: Path, bench: Path, domain: str, variant: str, config
     out = cache / domain / f"{slug}-{config_hash}"
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())[COMBINED]
-    summary = adapt(source, bench / domain, out, config, split="val", checkpoint_every=25)
+    summary = adapt(source, bench / domain, out, config, split="val")
     return summary["metrics"][COMBINED]
 
 

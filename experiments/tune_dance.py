@@ -25,9 +25,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `ray job submit --working-dir .` runs this file without installing the package
 
+from ray import tune  # noqa: E402
+
 from darth_ray.io import InputError, atomic_write_json  # noqa: E402
 
 log = logging.getLogger("tune_dance")
+
+# What the trials search (DARTH.md "What people tune"), nested as it reaches the worker: param_space ->
+# train_loop_config -> TrainLoopConfig.darth. --searched picks knobs of it.
+SEARCH_SPACE = {"darth": {
+    "aug_strength": tune.uniform(0.5, 1.5),
+    # Off (0) up to the published 0.5: on the embedded benchmark the photometric views cost more than they give.
+    "photometric_prob": tune.uniform(0.0, 0.5),
+    "channel_swap_prob": tune.uniform(0.0, 0.5),
+    "rpn_weight": tune.loguniform(0.02, 0.5),
+    "roi_weight": tune.loguniform(0.02, 0.5),
+    "contrastive_weight": tune.loguniform(0.2, 2.0),
+    "ema_momentum": tune.loguniform(5e-4, 1e-2),
+    "conf_thr": tune.uniform(0.5, 0.9),
+    "lr": tune.loguniform(5e-4, 5e-3),
+}}
+KNOBS = tuple(SEARCH_SPACE["darth"])
 
 # Trials of the embedded default, sized for a 2-CPU laptop.
 EMBEDDED = {"epochs": 2, "num_samples": 4}
@@ -54,7 +72,7 @@ def at_least(low, kind=int):
 
 def build_parser() -> argparse.ArgumentParser:
     from darth_ray.data.synth import KNOWN_DOMAINS
-    from darth_ray.distributed.tune import SEARCH_SPACE
+    from darth_ray.distributed.tune import SCHEDULERS
 
     p = _Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-concurrent-trials", type=at_least(1), default=None,
                    help="default: the cluster's CPUs / (workers per trial x threads per worker); an autoscaling "
                         "cluster wants it set to what it may grow to")
-    g.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="trial scheduler (asha)")
+    g.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                   help="trial scheduler (asha); pbt: Population Based Training over the searched knobs, trials "
+                        "cloning the better trials' checkpoints every epoch")
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
-    g.add_argument("--searched", nargs="+", default=None, choices=tuple(SEARCH_SPACE), metavar="KNOB",
-                   help=f"hyperparameters to search (default: all): {', '.join(SEARCH_SPACE)}")
+    g.add_argument("--searched", nargs="+", default=KNOBS, choices=KNOBS, metavar="KNOB",
+                   help=f"hyperparameters to search (default: all): {', '.join(KNOBS)}")
     g.add_argument("--max-failures", type=at_least(-1), default=1,
                    help="worker-group restarts per trial (1; -1: no limit)")
     g.add_argument("--no-resume", action="store_true",
@@ -161,7 +181,8 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from darth_ray.distributed.cluster import use_private_auth_token
+    from darth_ray.distributed.local_ray import use_private_auth_token
+    from darth_ray.adapt.config import DarthConfig
     from darth_ray.distributed.train import TrainLoopConfig
     from darth_ray.distributed.tune import EXPERIMENT_FILE, ExperimentConfig, run_experiment
 
@@ -175,15 +196,18 @@ def main(argv=None) -> int:
         data, source = args.data, args.source
     name = args.name or f"darth-{data.name}"
     loop = TrainLoopConfig(source=str(Path(source).resolve()), target=str(data), split=args.split,
-                           darth=base_darth_config(args),
+                           darth=DarthConfig.from_dict(base_darth_config(args)),
                            threads_per_worker=args.threads_per_worker)
-    exp = ExperimentConfig(name=name, storage_path=str(args.runs / "tune"), loop=loop,
-                           workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
-                           num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
-                           scheduler=args.scheduler, search=args.search,
-                           searched=tuple(args.searched) if args.searched else ExperimentConfig.searched,
-                           max_failures=args.max_failures, seed=args.seed,
-                           wandb={"mode": args.wandb_mode, "project": args.wandb_project})
+    try:  # every sampler's range is checked against the trials' base config here, before Ray starts
+        exp = ExperimentConfig(name=name, storage_path=str(args.runs / "tune"), loop=loop,
+                               search_space={"darth": {k: SEARCH_SPACE["darth"][k] for k in args.searched}},
+                               workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
+                               num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
+                               scheduler=args.scheduler, search=args.search, max_failures=args.max_failures,
+                               seed=args.seed, wandb={"mode": args.wandb_mode, "project": args.wandb_project})
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     # Under `ray job submit` RAY_ADDRESS names the cluster and the job's working dir carries the code;
     # without it a local Ray starts here (the package is installed in this environment), with a token that leaves
     # no ~/.ray/auth_token behind to change what the user's later `ray start` does.
@@ -205,21 +229,24 @@ def main(argv=None) -> int:
     return report(grid, exp)
 
 
-def trial_row(result) -> dict:
-    """One trial of the ResultGrid as a row of best.json: its HOTA (None without an evaluation), metrics, config,
-    latest checkpoint, and error (one line; for a diverged trial its checkpoint is the last good one)."""
+def trial_row(result, search_space) -> dict:
+    """One trial of the ResultGrid as a row of best.json: its HOTA (None without an evaluation), metrics, searched
+    values, latest checkpoint, and error (one line; for a diverged trial its checkpoint is the last good one)."""
+    from darth_ray.distributed.tune import searched_values
+
     m = result.metrics or {}
     hota = m.get("best_HOTA", m.get("HOTA"))
     error = m.get("error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
     return {"trial": Path(result.path).name, "HOTA": None if hota is None or math.isnan(hota) else hota,
             **{k: m.get(k) for k in ("DetA", "AssA", "MOTA", "IDF1")},
-            "config": result.config, "checkpoint": m.get("checkpoint_path"), "error": error}
+            "config": searched_values(result.config, search_space), "checkpoint": m.get("checkpoint_path"),
+            "error": error}
 
 
 def report(grid, exp) -> int:
     """Print the best trials with their configs and checkpoints, then the errored trials with their errors; write
     best.json (the ranked trials, then the errored ones)."""
-    rows = [trial_row(result) for result in grid]
+    rows = [trial_row(result, exp.search_space) for result in grid]
     ranked = sorted((r for r in rows if r["HOTA"] is not None and not r["error"]), key=lambda r: -r["HOTA"])
     errored = [r for r in rows if r["error"]]
     if ranked:

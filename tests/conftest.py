@@ -2,7 +2,7 @@
 
 ``local_ray_head``: a real ``ray start --head --block`` of this test only, in its own
 process group, on free ports with its own temp dir (see
-darth_ray/distributed/cluster.py). Yields a ``LocalRayHead`` with
+tests/ray_cluster.py). Yields a ``LocalRayHead`` with
 
 * ``.address``        GCS address for ``ray.init(address=...)`` / ``ray start --address``
 * ``.dashboard_url``  ``http://127.0.0.1:<port>`` for ``ray job submit --address``
@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:  # tests run without `pip install -e .` too
 
 @pytest.fixture
 def local_ray_head(request):
-    from darth_ray.distributed.cluster import start_ray_head
+    from ray_cluster import start_ray_head
 
     kwargs = dict(getattr(request, "param", None) or {})
     head = start_ray_head(**kwargs)

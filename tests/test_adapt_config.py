@@ -28,13 +28,15 @@ def test_defaults_are_the_published_values():
     assert c.scale_to_batch is True and c.warmup_iters == 0
 
 
-def test_lr_scales_linearly_with_the_total_batch():
+def test_lr_scales_linearly_with_the_total_batch(tiny):
     assert DarthConfig().scaled_lr() == pytest.approx(0.002 * 2 / 16)
     assert DarthConfig(frames_per_batch=4).scaled_lr(workers=4) == pytest.approx(0.002)
-    from darth_ray.adapt.darth import Darth
-    from darth_ray.models.qdtrack import build_model
-    darth = Darth(build_model("small"), DarthConfig(lr=0.004), workers=2)
-    assert darth.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)
+    from darth_ray.adapt.loop import AdaptationRun
+    from darth_ray.data.mot import load_sequences
+    sequences = load_sequences(tiny / "bench" / "night", split="val")
+    run = AdaptationRun(tiny / "source.pt", sequences, [(sequences[0].name, 1)], DarthConfig(lr=0.004), workers=2)
+    assert run.darth.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)
+    assert run.darth.ema_momentum == pytest.approx(1 - (1 - 0.002) ** (2 * 2 / 16))
     assert DarthConfig(scale_to_batch=False).scaled_lr(workers=3) == 0.002
 
 

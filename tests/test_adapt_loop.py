@@ -27,7 +27,7 @@ def crafted_pseudo_labels(darth, frames):
 def test_step_trains_student_only_and_updates_teacher_by_ema(tiny, monkeypatch):
     monkeypatch.setattr(Darth, "pseudo_labels", crafted_pseudo_labels)
     source, _ = load_checkpoint(tiny / "source.pt")
-    darth = Darth(source, DarthConfig(ema_momentum=0.25, lr=0.01))  # 2 frames per step, 1 worker
+    darth = Darth.from_source(source, DarthConfig(ema_momentum=0.25, lr=0.01))  # 2 frames per step, 1 worker
     m = 1 - 0.75 ** (2 / 16)  # the batch rule: 8 steps of 2 frames move the teacher as one step of 16
     teacher_before = {k: v.clone() for k, v in darth.teacher.state_dict().items()}
     losses = darth.step(frames_of(tiny), torch.Generator().manual_seed(0))
@@ -53,7 +53,7 @@ def test_step_trains_student_only_and_updates_teacher_by_ema(tiny, monkeypatch):
 def test_zero_pseudo_boxes_give_finite_losses(tiny, monkeypatch):
     monkeypatch.setattr(Darth, "pseudo_labels", lambda self, frames: [torch.zeros(0, 4)] * len(frames))
     source, _ = load_checkpoint(tiny / "source.pt")
-    darth = Darth(source, DarthConfig())
+    darth = Darth.from_source(source, DarthConfig())
     losses = darth.step(frames_of(tiny), torch.Generator().manual_seed(1))
     assert losses["loss_contrastive"] == 0.0
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
@@ -124,7 +124,7 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
 
 
 def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny, monkeypatch):
-    from darth_ray.models import source_training
+    from darth_ray import source_training
 
     seen = []
     original = source_training._load_pair_batch
@@ -149,7 +149,7 @@ def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny
 
 def test_source_training_resume_refuses_other_settings(tiny, tmp_path):
     from darth_ray.io import InputError
-    from darth_ray.models import source_training
+    from darth_ray import source_training
     from darth_ray.models.qdtrack import load_checkpoint
 
     data, out = tiny / "bench" / "source", tmp_path / "src"
@@ -170,7 +170,7 @@ def test_source_training_resume_refuses_other_settings(tiny, tmp_path):
 def test_embedded_source_model_retrained_when_its_settings_change(tiny, tmp_path, monkeypatch):
     from darth_ray import embedded
     from darth_ray.models.qdtrack import load_checkpoint
-    from darth_ray.models.source_training import SourceTrainConfig
+    from darth_ray.source_training import SourceTrainConfig
 
     runs = tmp_path / "runs"
     old = SourceTrainConfig(max_steps=1, photometric_prob=0.0)

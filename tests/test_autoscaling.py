@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from darth_ray.distributed.cluster import (
+from ray_cluster import (
     FakeAutoscalingCluster,
     _group_members,
     alive_nodes,
@@ -115,7 +115,7 @@ def test_local_ray_head_with_second_node(local_ray_head):
 
     head = local_ray_head
     assert os.getpgid(head.pid) == head.pid  # own process group
-    from darth_ray.distributed.cluster import _auth_headers
+    from ray_cluster import _auth_headers
 
     request = urllib.request.Request(head.dashboard_url + "/api/version", headers=_auth_headers())
     with urllib.request.urlopen(request, timeout=10) as r:
@@ -154,7 +154,7 @@ def test_local_ray_head_with_second_node(local_ray_head):
 def test_local_ray_head_runs_a_submitted_job(local_ray_head, tmp_path):
     """`ray job submit --working-dir` against the fixture, as users run experiments:
     the working dir is shipped, env_vars reach the job, `python` is this env's."""
-    from darth_ray.distributed.cluster import ray_cli_env, ray_executable
+    from ray_cluster import ray_cli_env, ray_executable
 
     (tmp_path / "job.py").write_text(
         "import os, sys, ray\n"

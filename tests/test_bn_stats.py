@@ -70,6 +70,11 @@ def test_adaptation_starts_from_target_statistics_once(tiny, tmp_path):
     run = AdaptationRun(tiny / "source.pt", sequences, frames, DarthConfig(epochs=1, target_bn_stats=True))
     bn = run.darth.student.backbone.bn1
     source_mean = bn.running_mean.clone()
+    run.run_step()  # a step never estimates statistics as a side effect
+    assert torch.equal(bn.running_mean, source_mean)
+    run = AdaptationRun(tiny / "source.pt", sequences, frames, DarthConfig(epochs=1, target_bn_stats=True))
+    bn = run.darth.student.backbone.bn1
+    assert run.use_target_bn_statistics() == len(frames)
     run.run_step()
     first = bn.running_mean.clone()
     assert not torch.allclose(first, source_mean)
@@ -98,3 +103,17 @@ def test_off_by_default_keeps_source_statistics(tiny):
     before = run.darth.student.backbone.bn1.running_mean.clone()
     run.run_step()
     assert torch.equal(run.darth.student.backbone.bn1.running_mean, before)
+
+
+def test_adapt_estimates_target_statistics_before_its_first_step_only(tiny, tmp_path, monkeypatch):
+    from darth_ray.adapt.loop import adapt
+
+    calls = []
+    estimate, step = AdaptationRun.use_target_bn_statistics, AdaptationRun.run_step
+    monkeypatch.setattr(AdaptationRun, "use_target_bn_statistics", lambda run: calls.append("bn") or estimate(run))
+    monkeypatch.setattr(AdaptationRun, "run_step", lambda run: calls.append("step") or step(run))
+    config = DarthConfig(epochs=1, target_bn_stats=True)
+    for _ in range(2):  # the second call resumes the finished run: statistics come from its checkpoint
+        adapt(tiny / "source.pt", tiny / "bench" / "night", tmp_path / "out", config, split="val",
+              show_progress=False)
+    assert calls == ["bn"] + ["step"] * 6  # called by the loop before the first step, not inside it

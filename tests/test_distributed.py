@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from ray import tune
+
+from darth_ray.adapt.config import DarthConfig
 from darth_ray.eval.track import track_and_score
 from darth_ray.data.mot import load_sequences
 from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, NonFiniteLossError, TrainLoopConfig
 from darth_ray.distributed.tune import (EXPERIMENT_FILE, ExperimentConfig, experiment_settings, fit_trial,
                                         run_experiment, settings_changes)
 from darth_ray.io import InputError
-from darth_ray.distributed.wandb_offline import find_offline_runs, read_finished_run
+from wandb_runs import find_offline_runs, read_finished_run
 from darth_ray.eval.metrics import COMBINED
 from darth_ray.models.qdtrack import load_checkpoint
 
@@ -26,7 +29,7 @@ LOW = {"init_score_thr": 0.05, "obj_score_thr": 0.05}  # a random-init model sti
 def local_ray():
     import ray
 
-    from darth_ray.distributed.cluster import use_private_auth_token
+    from darth_ray.distributed.local_ray import use_private_auth_token
 
     # With the dashboard: Ray Train's placement-group cleaner needs the State API to free the workers' CPUs of a
     # trial whose controller Tune tears down (without it they stay reserved and later trials never start).
@@ -38,9 +41,10 @@ def local_ray():
         ray.shutdown()
 
 
-def loop_config(tiny, **overrides) -> TrainLoopConfig:
-    base = dict(source=str(tiny / "source.pt"), target=str(tiny / "bench" / "night"), split="val",
-                darth={"epochs": 1, "lr_steps": (1,), "conf_thr": 0.05}, tracker=LOW, checkpoint_every=2)
+def loop_config(tiny, darth: dict | None = None, **overrides) -> TrainLoopConfig:
+    darth = DarthConfig(**(darth or {"epochs": 1, "lr_steps": (1,), "conf_thr": 0.05}))
+    base = dict(source=str(tiny / "source.pt"), target=str(tiny / "bench" / "night"), split="val", darth=darth,
+                tracker=LOW, checkpoint_every=2)
     return TrainLoopConfig(**{**base, **overrides})
 
 
@@ -61,11 +65,36 @@ def test_two_workers_stay_in_sync_and_sharded_eval_equals_single_process(tiny, t
         assert m[key] == single[COMBINED][key], key
 
 
+def crashing_once(step: int, marker: str):
+    """`train_func`, but the last rank's process dies once, right after DARTH step `step` (`marker` records it)."""
+    def train_loop(config: dict):
+        import os
+
+        import ray.train
+
+        from darth_ray.adapt.loop import AdaptationRun
+        from darth_ray.distributed.train import train_func
+
+        run_step, last_rank = AdaptationRun.run_step, ray.train.get_context().get_world_size() - 1
+
+        def crash_after_step(run):
+            losses = run_step(run)
+            if run.step == step and run.rank == last_rank and not os.path.exists(marker):
+                Path(marker).write_text(f"failed at step {run.step}\n")
+                os._exit(1)  # a hard crash, like a killed worker process
+            return losses
+
+        AdaptationRun.run_step = crash_after_step  # this worker process only
+        return train_func(config)
+
+    return train_loop
+
+
 def test_killed_worker_restarts_from_last_checkpoint(tiny, tmp_path, local_ray):
     marker = tmp_path / "failed"
-    loop = loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}, fail_at_step=5,
-                       fail_marker=str(marker))
-    result = fit_trial(loop, workers=2, gpus_per_worker=0, storage_path=str(tmp_path), name="crash", max_failures=1)
+    loop = loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05})
+    result = fit_trial(loop, workers=2, gpus_per_worker=0, storage_path=str(tmp_path), name="crash", max_failures=1,
+                       train_loop=crashing_once(5, str(marker)))
     assert marker.read_text() == "failed at step 5\n"
     assert result.error is None
     assert result.metrics["step"] == 6  # 2 epochs x 3 steps: the run finished all its steps
@@ -98,13 +127,15 @@ def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
     # Optuna reads HOTA from every result: reports before the first evaluation carry HOTA = NaN.
     exp = ExperimentConfig(name="optuna", storage_path=str(tmp_path),
                            loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}),
-                           num_samples=2, scheduler="asha", search="optuna", searched=("conf_thr", "lr"),
+                           num_samples=2, scheduler="asha", search="optuna",
+                           search_space={"darth": {"conf_thr": tune.uniform(0.5, 0.9),
+                                                   "lr": tune.loguniform(5e-4, 5e-3)}},
                            max_concurrent_trials=2, wandb=None)
     grid = run_experiment(exp)
     assert len(grid) == 2 and not grid.errors
     for result in grid:
         assert result.metrics["epoch"] >= 1 and math.isfinite(result.metrics["HOTA"])
-        assert 0.5 <= result.config["conf_thr"] <= 0.9
+        assert 0.5 <= result.config["darth"]["conf_thr"] <= 0.9
     # Both trials' worker CPUs are released (trial functions hold none), so the next experiment can start.
     import ray
     deadline = time.monotonic() + 60
@@ -116,7 +147,9 @@ def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
 def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, local_ray, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), loop=loop_config(tiny), num_samples=2,
-                           scheduler="fifo", searched=("conf_thr", "ema_momentum"), max_concurrent_trials=2,
+                           scheduler="fifo", max_concurrent_trials=2,
+                           search_space={"darth": {"conf_thr": tune.uniform(0.5, 0.9),
+                                                   "ema_momentum": tune.loguniform(5e-4, 1e-2)}},
                            wandb={"mode": "offline"})
     grid = run_experiment(exp)
     assert len(grid) == 2 and not grid.errors
@@ -131,7 +164,7 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
         run = read_finished_run(path)
         assert run.group == "exp"
         trial_id = run.run_id.removeprefix("exp-")
-        assert run.config["conf_thr"] == pytest.approx(trial_configs[trial_id]["conf_thr"])
+        assert run.config["conf_thr"] == pytest.approx(trial_configs[trial_id]["darth"]["conf_thr"])
         steps = [row for row in run.history if "train/loss_total" in row]
         assert [row["train/step"] for row in steps] == [1, 2, 3, 4, 5, 6]  # 12 frames, 1 worker, 2 per step
         assert all({"train/loss_rpn", "train/loss_roi", "train/loss_contrastive", "train/lr"} <= set(r) for r in steps)
@@ -145,7 +178,7 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
     # Tune would resume with the stored search and today's base settings: other settings are refused, by name.
     other = dataclasses.replace(exp, num_samples=1, loop=loop_config(tiny, darth={"epochs": 1, "lr_steps": (1,),
                                                                                   "conf_thr": 0.05, "lr": 1e-3}))
-    with pytest.raises(InputError, match=r"darth.lr: \(unset\) -> 0.001\n  num_samples: 2 -> 1"):
+    with pytest.raises(InputError, match=r"darth.lr: 0.002 -> 0.001\n  num_samples: 2 -> 1"):
         run_experiment(other)
     assert len(find_offline_runs(tmp_path / "exp")) == 2
 
@@ -155,6 +188,52 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
     assert json.loads((aside / EXPERIMENT_FILE).read_text())["num_samples"] == 2
     assert len(find_offline_runs(aside)) == 2
     assert json.loads((tmp_path / "exp" / EXPERIMENT_FILE).read_text())["darth.lr"] == 1e-3
+
+
+def test_every_sampler_range_is_checked_before_a_trial_starts(tiny, tmp_path):
+    loop = loop_config(tiny)
+    exp = dict(name="exp", storage_path=str(tmp_path), loop=loop)
+    ExperimentConfig(**exp, search_space={"darth": {"conf_thr": tune.uniform(0.5, 1.0), "epochs": tune.choice([1, 2]),
+                                                    "lr": tune.grid_search([1e-4, 1e-3])}})
+    for space, error in (
+            ({"darth": {"conf_thr": tune.uniform(0.5, 1.5)}}, r"darth.conf_thr: 1.5 is out of range: .*conf_thr must"),
+            ({"darth": {"lr": tune.loguniform(1e-3, 1e-2), "ema_momentum": tune.uniform(-0.1, 0.5)}},
+             r"darth.ema_momentum: -0.1 is out of range"),
+            ({"darth": {"epochs": tune.randint(0, 3)}}, r"darth.epochs: 0 is out of range: .*epochs must be an int"),
+            ({"darth": {"lr": tune.grid_search([1e-3, 0.0])}}, r"darth.lr: 0.0 is out of range"),
+            ({"darth": {"not_a_knob": tune.uniform(0, 1)}},
+             r"darth.not_a_knob: 0 is out of range: unknown DarthConfig field\(s\): not_a_knob"),
+            ({"darth": {"lr": tune.randn(0.0, 1.0)}}, r"darth.lr: -inf is out of range"),
+            ({"darth": {"lr": tune.sample_from(lambda _: 1e-3)}}, r"darth.lr: cannot check the range of a Function"),
+            ({"tracker": {"init_score_thr": tune.uniform(0, 1)}, "darth": {"conf_thr": tune.choice([0.5, 2])}},
+             r"darth.conf_thr: 2 is out of range")):
+        with pytest.raises(ValueError, match=f"^search space {error}"):
+            ExperimentConfig(**exp, search_space=space)
+
+
+def test_a_trial_the_scheduler_stops_keeps_its_last_evaluation_in_wandb(tiny, tmp_path, local_ray, monkeypatch):
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    from darth_ray.distributed import tune as darth_tune
+
+    class StopAfterFirstEvaluation(FIFOScheduler):  # what ASHA does to a weak trial at its first rung
+        def on_trial_result(self, tune_controller, trial, result):
+            return TrialScheduler.STOP if result["evaluated"] else TrialScheduler.CONTINUE
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(darth_tune, "trial_scheduler", lambda exp: StopAfterFirstEvaluation())
+    exp = ExperimentConfig(name="stop", storage_path=str(tmp_path), num_samples=1, wandb={"mode": "offline"},
+                           loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}))
+    (result,) = run_experiment(exp)
+    # 12 frames, 2 per step: stopped at step 6 of 12, just after the evaluation that ends epoch 1
+    assert result.metrics["step"] == 6 and result.metrics["evaluated"]
+    (path,) = find_offline_runs(tmp_path / "stop")
+    run = read_finished_run(path)
+    assert run.exit_code == 0  # finished, not left open by the stopped trial
+    assert [row["train/step"] for row in run.history if "train/loss_total" in row] == [1, 2, 3, 4, 5, 6]
+    (evaluation,) = [row for row in run.history if "eval/HOTA" in row]
+    assert evaluation["train/step"] == 6 and evaluation["eval/HOTA"] == pytest.approx(result.metrics["HOTA"])
+    assert run.summary["best/HOTA"] == pytest.approx(result.metrics["HOTA"])
 
 
 def test_experiment_settings_see_a_changed_source_checkpoint(tiny, tmp_path):
@@ -178,21 +257,18 @@ def test_experiment_settings_see_a_changed_source_checkpoint(tiny, tmp_path):
 
 
 def test_a_diverging_trial_errors_with_its_last_good_checkpoint_and_the_others_finish(tiny, tmp_path, local_ray,
-                                                                                       monkeypatch, capsys):
+                                                                                       capsys):
     import torch
-    from ray import tune
 
-    from darth_ray.distributed import tune as darth_tune
     from darth_ray.distributed.train import STATE_FILE
     from experiments import tune_dance
 
     # Two trials: lr 1e6 makes the step-2 loss NaN (deterministically, after step 1's checkpoint), lr 1e-4 does not.
-    monkeypatch.setattr(darth_tune, "param_space", lambda names: {"lr": tune.grid_search([1e-4, 1e6])})
     exp = ExperimentConfig(name="nan", storage_path=str(tmp_path), loop=loop_config(tiny, checkpoint_every=1),
-                           num_samples=1, scheduler="fifo", searched=("lr",), max_concurrent_trials=2,
-                           max_failures=1, wandb=None)
+                           num_samples=1, scheduler="fifo", max_concurrent_trials=2,
+                           search_space={"darth": {"lr": tune.grid_search([1e-4, 1e6])}}, max_failures=1, wandb=None)
     grid = run_experiment(exp)
-    good, bad = sorted(grid, key=lambda r: r.config["lr"])
+    good, bad = sorted(grid, key=lambda r: r.config["darth"]["lr"])
     assert good.error is None and good.metrics["step"] == 6 and math.isfinite(good.metrics["HOTA"])
 
     assert bad.error is not None and "non-finite DARTH loss at step 2" in str(bad.error)
@@ -208,3 +284,58 @@ def test_a_diverging_trial_errors_with_its_last_good_checkpoint_and_the_others_f
     assert f"errored trials of nan:\n- {Path(bad.path).name}: non-finite DARTH loss at step 2" in out
     best = json.loads((tmp_path / "nan" / "best.json").read_text())
     assert [row["error"] is None for row in best] == [True, False]
+
+
+def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(tiny, tmp_path, local_ray, monkeypatch):
+    import torch
+
+    from darth_ray.adapt.loop import AdaptationRun
+    from darth_ray.data.sharding import frame_counts, shard_frames
+    from darth_ray.distributed.train import STATE_FILE
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    exp = ExperimentConfig(name="pbt", storage_path=str(tmp_path), scheduler="pbt", num_samples=2,
+                           max_concurrent_trials=2, search_space={"darth": {"lr": tune.loguniform(1e-4, 1e-2)}},
+                           loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}),
+                           wandb={"mode": "offline"})
+    grid = run_experiment(exp)
+    assert len(grid) == 2 and not grid.errors
+    rows = {Path(r.path): [json.loads(line) for line in (Path(r.path) / "result.json").read_text().splitlines()]
+            for r in grid}
+    # After epoch 1 (step 6 of 12) the worse trial goes on from the better one's checkpoint, the better from its own.
+    (clone, donor), = [(path, other) for path, trial_rows in rows.items() for other in rows if other != path
+                       and any(r["resumed_from_step"] == 6 and Path(r["start_from"]).is_relative_to(other)
+                               for r in trial_rows)]
+    before = [r for r in rows[clone] if not r["start_from"]]
+    start = next(r["start_from"] for r in rows[clone] if r["resumed_from_step"] == 6)
+    after = [r for r in rows[clone] if r["start_from"] == start]
+    assert [r["step"] for r in before] == list(range(1, len(before) + 1))  # Tune may not log the paused step 6
+    assert [r["step"] for r in after] == list(range(7, 13))
+    assert after[0]["resumed_from_step"] == 6
+    old_lr, new_lr = before[0]["config"]["darth"]["lr"], after[0]["config"]["darth"]["lr"]
+    assert new_lr != old_lr and 1e-4 <= new_lr <= 1e-2
+
+    # Steps 7 and 8 replayed here from the donor's checkpoint with the perturbed config give the clone's losses:
+    # its weights were the donor's, and it trains with the new lr.
+    state = torch.load(Path(after[0]["start_from"]) / STATE_FILE, weights_only=False)
+    assert state["step"] == 6
+    config = TrainLoopConfig.from_dict({k: v for k, v in after[0]["config"].items()})
+    sequences = load_sequences(config.target, split=config.split)
+    (frames,) = shard_frames(frame_counts(sequences), 1)
+    replay = AdaptationRun(Path(config.source), sequences, frames, config.darth, steps_per_epoch=6)
+    replay.load_state_dict(state)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads_per_worker)
+    try:
+        replayed = [replay.run_step()["loss_total"] for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    assert replayed == [r["loss_total"] for r in after[:2]]
+
+    # W&B: one run per trial; the clone's records where it went on from, and its new lr.
+    clone_id = after[0]["trial_id"]
+    (path,) = [p for p in find_offline_runs(tmp_path / "pbt") if p.name.endswith(clone_id)]
+    run = read_finished_run(path)
+    restart = run.summary["lineage"][0]
+    assert restart["step"] == 6 and donor.name.startswith(restart["from"]) and restart["lr"] == new_lr
+    assert run.config["lr"] == run.summary["lineage"][-1]["lr"]

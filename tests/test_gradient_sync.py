@@ -1,6 +1,6 @@
-"""Gradient averaging across two gloo processes: the bucketed, backward-overlapped all-reduce gives exactly the
-mean of the ranks' gradients, also when a parameter gets no gradient on one rank, and the same as the plain
-flattened all-reduce."""
+"""Gradient averaging across two gloo processes: the bucketed, backward-overlapped all-reduce leaves exactly the
+mean of the ranks' gradients when backward returns, also when a parameter gets no gradient on one rank, and the
+same as a plain all-reduce per parameter."""
 import os
 import socket
 
@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from darth_ray.distributed.train import OverlappedAllReduce, allreduce_mean
+from darth_ray.distributed.train import OverlappedAllReduce
 
 
 def _model() -> torch.nn.Module:
@@ -34,14 +34,16 @@ def _worker(rank: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    overlapped, plain = _model(), _model()
-    sync = OverlappedAllReduce(bucket_mb=0.002)  # ~2 KB: several buckets for this model
+    overlapped, plain, alone = _model(), _model(), _model()
+    sync = OverlappedAllReduce(list(overlapped.parameters()), bucket_mb=0.002)  # ~2 KB: several buckets
     out = []
-    for step in range(4):  # step 0 attaches the hooks, later steps overlap
-        local = _local_grads(overlapped, rank, step)
-        sync(list(overlapped.parameters()))
-        _local_grads(plain, rank, step)
-        allreduce_mean(list(plain.parameters()))
+    for step in range(4):
+        local = _local_grads(alone, rank, step)
+        _local_grads(overlapped, rank, step)  # averaged when backward returns
+        for p, g in zip(plain.parameters(), _local_grads(plain, rank, step)):
+            p.grad = torch.zeros_like(p) if g is None else g
+            dist.all_reduce(p.grad)
+            p.grad /= 2
         out.append((local, [p.grad.clone() for p in overlapped.parameters()],
                     [p.grad.clone() for p in plain.parameters()]))
     as_numpy = lambda grads: [None if g is None else g.numpy() for g in grads]  # tensors would pass by handle

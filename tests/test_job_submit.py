@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from darth_ray.distributed.cluster import ray_cli_env, ray_executable
+from ray_cluster import ray_cli_env, ray_executable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_readme_walk_through_runs_in_its_order_after_a_local_tune_run(tiny, tmp_
     import shlex
     import sys
 
-    from darth_ray.distributed.cluster import start_ray_head
+    from ray_cluster import start_ray_head
 
     shell = {"HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None,
              "RAY_AUTH_TOKEN_PATH": None, "WANDB_MODE": "disabled"}

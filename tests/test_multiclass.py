@@ -21,7 +21,7 @@ from darth_ray.eval.track import track_sequences
 from darth_ray.models.config import R50_FPN
 from darth_ray.models.convert_mmtrack import _mmtrack_name, convert_mmtrack_state_dict
 from darth_ray.models.qdtrack import QDTrack, load_checkpoint, save_checkpoint
-from darth_ray.models.source_training import SourceTrainConfig, train_source
+from darth_ray.source_training import SourceTrainConfig, train_source
 from darth_ray.models.tracker import tracker_preset
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real-data" / "bdd100k-sample"

@@ -81,7 +81,7 @@ def test_test_scale_is_validated(value):
 
 def test_darth_resizes_the_plain_frame_to_frame_size_and_views_to_the_model_scale(monkeypatch):
     source = build_model(dataclasses.replace(model_config("small"), test_scale=(64, 64)))
-    darth = Darth(source, DarthConfig(frame_size=(160, 90), aug_strength=0.0))
+    darth = Darth.from_source(source, DarthConfig(frame_size=(160, 90), aug_strength=0.0))
     seen = {}
 
     def pseudo_labels(frames):

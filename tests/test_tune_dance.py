@@ -67,3 +67,15 @@ def test_embedded_trials_start_from_the_benchmark_settings():
     assert DarthConfig.from_dict(embedded).target_bn_stats is True
     own_data = tune_dance.base_darth_config(tune_dance.parse_args(["--data", "/data/DanceTrack", "--epochs", "3"]))
     assert "target_bn_stats" not in own_data and own_data["epochs"] == 3  # published defaults on real data
+
+
+def test_a_bad_sampler_range_stops_before_ray_naming_the_knob(tiny, tmp_path, capsys, no_ray_start, monkeypatch):
+    from ray import tune
+
+    monkeypatch.chdir(tmp_path)  # main moves into --runs
+    monkeypatch.setitem(tune_dance.SEARCH_SPACE["darth"], "conf_thr", tune.uniform(0.5, 1.5))
+    argv = ["--data", str(tiny / "bench" / "night"), "--split", "val", "--source", str(tiny / "source.pt"),
+            "--runs", str(tmp_path / "runs"), "--searched", "lr", "conf_thr"]
+    assert tune_dance.main(argv) == 2
+    assert capsys.readouterr().err == ("error: search space darth.conf_thr: 1.5 is out of range: invalid DarthConfig: "
+                                       "conf_thr must be in [0, 1], got 1.5\n")

@@ -1,16 +1,13 @@
-"""TrialLogger writes real offline W&B runs; read_offline_run reads them back."""
+"""TrialLogger writes real offline W&B runs; wandb's own reader (`wandb leet inspect`) reads them back."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
 
-from darth_ray.distributed.wandb_logging import TrialLogger, WandbSettings, flatten_config
-from darth_ray.distributed.wandb_offline import (BLOCK_SIZE, find_offline_runs, iter_payloads, read_finished_run,
-                                                read_offline_run)
+from darth_ray.wandb_logging import TrialLogger, WandbSettings, flatten_config
+from wandb_runs import find_offline_runs, read_finished_run
 
 LOSS_NAMES = ("loss_rpn", "loss_roi", "loss_contrastive", "loss_total")
 
@@ -110,59 +107,3 @@ def test_settings_validation_and_default_mode(monkeypatch):
 def test_flatten_config_makes_one_column_per_hyperparameter():
     assert flatten_config({"a": {"b": 1, "c": {"d": None}}, "path": Path("/x"), "sizes": [1, 2]}) == {
         "a/b": 1, "a/c/d": None, "path": "/x", "sizes": [1, 2]}
-
-
-@pytest.fixture
-def finished_run(offline_env):
-    logger = TrialLogger(WandbSettings(group="g"), "t", {"lr": 0.1}, run_id="truncate-me")
-    for step in range(3):
-        logger.log_step(step, {"loss_total": float(step)}, lr=0.1)
-    logger.finish()
-    # wandb reads WANDB_DIR once per process; TrialLogger re-reads it for every trial.
-    assert logger.run_dir.parent == offline_env / "wandb"
-    return read_finished_run(logger.run_dir)
-
-
-def test_truncated_file_keeps_its_complete_records(finished_run, tmp_path):
-    data = finished_run.path.read_bytes()
-    offsets = [offset for offset, _ in iter_payloads(data)]
-    cut = tmp_path / "cut.wandb"
-    for end in (offsets[-1] + 3, offsets[-1] + 10, len(data) - 1):  # inside the header / data of the last record
-        cut.write_bytes(data[:end])
-        with pytest.warns(UserWarning, match=f"truncated last record at byte {offsets[-1]}"):
-            run = read_offline_run(cut)
-        assert run.exit_code is None  # the exit record was the one cut off
-        assert [row["train/loss_total"] for row in run.history] == [0.0, 1.0, 2.0]
-        assert run.config == {"lr": 0.1} and run.group == "g"
-
-
-def test_damaged_file_raises_with_offset(finished_run, tmp_path):
-    data = bytearray(finished_run.path.read_bytes())
-    second = [offset for offset, _ in iter_payloads(bytes(data))][1]
-    data[second + 9] ^= 0xFF  # flip a payload byte: the crc no longer matches
-    bad = tmp_path / "bad.wandb"
-    bad.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=rf"bad\.wandb: checksum mismatch in record at byte {second}"):
-        read_offline_run(bad)
-    bad.write_bytes(b"NOPE" + bytes(data[4:]))
-    with pytest.raises(ValueError, match="not a wandb run file"):
-        read_offline_run(bad)
-
-
-def _frame(kind: int, payload: bytes) -> bytes:
-    return struct.pack("<IHB", zlib.crc32(payload, zlib.crc32(bytes([kind]))), len(payload), kind) + payload
-
-
-def test_records_split_across_blocks_are_reassembled():
-    # Synthetic log: one record filling block 0 up to a 5-byte trailer, then one split FIRST/MIDDLE/LAST.
-    header = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
-    first_len = BLOCK_SIZE - 7 - 7 - 5
-    big = bytes(range(256)) * 300  # 76800 bytes: spans blocks 1, 2 and 3
-    data = header + _frame(1, b"a" * first_len) + b"\0" * 5
-    part1, part2, part3 = big[:BLOCK_SIZE - 7], big[BLOCK_SIZE - 7:2 * BLOCK_SIZE - 14], big[2 * BLOCK_SIZE - 14:]
-    data += _frame(2, part1) + _frame(3, part2) + _frame(4, part3)
-    assert list(iter_payloads(data)) == [(7, b"a" * first_len), (BLOCK_SIZE, big)]
-    with pytest.warns(UserWarning, match=f"truncated last record at byte {BLOCK_SIZE}"):
-        assert list(iter_payloads(data[:3 * BLOCK_SIZE])) == [(7, b"a" * first_len)]
-    with pytest.raises(ValueError, match=f"continuation record at byte {7 + 7 + first_len + 5}"):
-        list(iter_payloads(header + _frame(1, b"a" * first_len) + b"\0" * 5 + _frame(4, part1)))

@@ -44,23 +44,28 @@ def student_from_source(source: QDTrack) -> QDTrack:
 class Darth:
     """Student, EMA teacher, optimiser and one adaptation step.
 
-    `grad_sync(params)` (optional) averages gradients across `workers` data-parallel workers before the optimiser
-    step; with identical initial weights this keeps every worker's student, and so its teacher, identical.
+    `lr` and `ema_momentum` are the optimiser's lr and the teacher's per-step momentum; by default the config's,
+    scaled to one process's batch (DarthConfig.scaled_lr). Data-parallel training sets them for its total batch and
+    averages the student's gradients itself (hooks on `params`, as DDP does), outside this class.
     """
 
-    def __init__(self, source: QDTrack, config: DarthConfig,
-                 grad_sync: Callable[[list[Tensor]], None] | None = None, workers: int = 1):
+    def __init__(self, student: QDTrack, teacher: QDTrack, config: DarthConfig, lr: float | None = None,
+                 ema_momentum: float | None = None):
         self.config = config
-        self.student = student_from_source(source)
-        self.teacher = make_teacher(self.student)
+        self.student, self.teacher = student, teacher
         self.params = [p for p in self.student.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(self.params, lr=config.scaled_lr(workers), momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
-        self.ema_momentum = config.scaled_ema_momentum(workers)
-        self.grad_sync = grad_sync
+        self.optimizer = torch.optim.SGD(self.params, lr=config.scaled_lr() if lr is None else lr,
+                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        self.ema_momentum = config.scaled_ema_momentum() if ema_momentum is None else ema_momentum
         # Pad views with the pixel mean so padding is zero after normalisation, as the detector pads.
         mean = self.student.config.pixel_mean
         self.fill = tuple(reversed(mean)) if self.student.config.input_bgr else tuple(mean)
+
+    @classmethod
+    def from_source(cls, source: QDTrack, config: DarthConfig, **kwargs) -> "Darth":
+        """Student and teacher built from the source model (see `student_from_source`)."""
+        student = student_from_source(source)
+        return cls(student, make_teacher(student), config, **kwargs)
 
     def use_target_bn_statistics(self, batches, all_reduce_mean: Callable[[list[Tensor]], None] | None = None) -> int:
         """Before the first step: student and teacher get BatchNorm statistics estimated on the target `batches`."""
@@ -140,8 +145,6 @@ class Darth:
         losses = self.losses(frames, generator)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss_total"].backward()
-        if self.grad_sync is not None:
-            self.grad_sync(self.params)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()

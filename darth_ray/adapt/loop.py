@@ -30,6 +30,8 @@ from darth_ray.models.qdtrack import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_EVERY = 50  # steps between checkpoints of an adaptation (`adapt`, the Ray Train worker)
+
 # What `adapt` writes in its output directory (its darth_run.json lists them).
 ADAPT_OUTPUTS = (RESUME_FILE, "final.pt", "adapt_log.jsonl", "results", "metrics.json", "source_metrics.json",
                  "summary.json", "plots")
@@ -39,14 +41,16 @@ class AdaptationRun:
     """DARTH over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps."""
 
     def __init__(self, source: Path, sequences: list[Sequence], frames: list[tuple[str, int]], config: DarthConfig,
-                 steps_per_epoch: int | None = None, rank: int = 0,
-                 grad_sync: Callable[[list[torch.Tensor]], None] | None = None, workers: int = 1,
-                 device: str = "cpu", stats_sync: Callable[[list[torch.Tensor]], None] | None = None):
+                 steps_per_epoch: int | None = None, rank: int = 0, workers: int = 1, device: str = "cpu",
+                 stats_sync: Callable[[list[torch.Tensor]], None] | None = None):
+        """`workers` data-parallel processes of `config.frames_per_batch` frames each set lr and EMA momentum (the
+        batch rule); their gradients are averaged by whoever set them up (hooks on `self.darth.params`)."""
         if not frames:
             raise ValueError("no target frames to adapt on")
         source_model, _ = load_checkpoint(source, map_location=device)
         self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
-        self.darth = Darth(source_model.to(device), config, grad_sync, workers)
+        self.darth = Darth.from_source(source_model.to(device), config, lr=config.scaled_lr(workers),
+                                       ema_momentum=config.scaled_ema_momentum(workers))
         self.stats_sync = stats_sync  # averages tensors across workers (target BN statistics)
         self.sequences = {s.name: s for s in sequences}
         self.frames = frames
@@ -80,15 +84,14 @@ class AdaptationRun:
         return torch.stack(frames).to(self.device)
 
     def use_target_bn_statistics(self) -> int:
-        """Student and teacher BN statistics from one pass over this run's frames (pooled across workers)."""
+        """Student and teacher BN statistics from one pass over this run's frames (pooled across workers). Before
+        the first step, when config.target_bn_stats; a resumed run has them in its checkpoint."""
         batches = (self.load_frames(self.frames[i:i + 4]) for i in range(0, len(self.frames), 4))
         seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
         log.info("BatchNorm statistics re-estimated on %d target frames", seen)
         return seen
 
     def run_step(self) -> dict[str, float]:
-        if self.step == 0 and self.config.target_bn_stats:  # a resumed run has them in its checkpoint
-            self.use_target_bn_statistics()
         frames = self.load_batch(self.step)
         generator = torch.Generator(device=self.device).manual_seed(
             (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
@@ -106,10 +109,17 @@ class AdaptationRun:
                 "darth_config": self.config.to_dict(), "source": str(self.source_path)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`, with this run's lr (the same on a resume; PBT restarts a donor's state with
+        another)."""
         self.darth.load_state_dict(state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
+        optimizer = self.darth.optimizer
+        lr = optimizer.defaults["lr"]  # what this run's Darth was built with; loading replaced the groups' lr
+        self.scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = lr, lr * self.config.lr_factor(self.step, self.steps_per_epoch)
 
     def save(self, path: Path) -> Path:
         return atomic_torch_save(self.state_dict(), path)
@@ -121,7 +131,7 @@ class AdaptationRun:
 
 
 def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = DarthConfig(), split: str | None = None,
-          checkpoint_every: int = 50, tracker_params: dict | None = None, resume: bool = True,
+          checkpoint_every: int = CHECKPOINT_EVERY, tracker_params: dict | None = None, resume: bool = True,
           evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu",
           images: Path | None = None, classes: list[str] | None = None) -> dict:
     """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student. `target` is
@@ -145,6 +155,8 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     if resuming:
         run.load_state_dict(read_torch_file(last, device))
         log.info("resuming DARTH from %s at step %d/%d", last, run.step, run.total_steps)
+    elif config.target_bn_stats:
+        run.use_target_bn_statistics()
     log_file = out_dir / "adapt_log.jsonl"
     with tqdm(total=run.total_steps, initial=run.step, unit="step", desc="DARTH", disable=not show_progress) as bar:
         while run.step < run.total_steps:

@@ -11,10 +11,10 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from darth_ray.adapt.config import DarthConfig
+from darth_ray.adapt.loop import CHECKPOINT_EVERY
 from darth_ray.io import dataclass_from_dict
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
 STATE_FILE = "darth_state.pt"
 PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
 ERROR_KEY = "error"  # in the last report of a run stopped by a non-finite loss: what happened
+EVALUATED_KEY = "evaluated"  # true in the report of a new evaluation
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,31 +42,29 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainLoopConfig:
-    """What a Ray Train worker needs besides the DARTH hyperparameters."""
+    """What a Ray Train worker runs: the DARTH hyperparameters, data and cadence. It crosses to Ray as a nested dict
+    (`to_dict`: Tune's param_space, TorchTrainer's train_loop_config) and is rebuilt once, in the worker."""
 
     source: str                      # source checkpoint
     target: str                      # target dataset root / split directory
     split: str | None = None
-    darth: dict = field(default_factory=dict)          # DarthConfig fields
+    darth: DarthConfig = DarthConfig()
     tracker: dict = field(default_factory=dict)        # QuasiDenseTracker params
     threads_per_worker: int = 1
-    checkpoint_every: int = 20       # steps
-    report_every: int = 5            # steps between metric reports (a barrier across workers)
+    checkpoint_every: int = CHECKPOINT_EVERY  # steps; and at every epoch's end
+    report_every: int = 1            # steps between metric reports (a barrier; W&B's train/* rows come from them)
     eval_every_epoch: bool = True
+    # A checkpoint directory to start from when the run has none of its own: the Tune checkpoint a trial restarted
+    # by PBT continues from (a donor's after an exploit); its hyperparameters are this config's.
+    start_from: str | None = None
     final_eval: bool = True          # track + score the adapted student at the end
-    wandb: dict | None = None        # WandbSettings fields; None = no W&B
-    run_name: str = "darth"
-    fail_at_step: int | None = None  # testing: rank 1 (or 0 with one worker) raises once at this step
-    fail_marker: str | None = None   # file that records the injected failure happened
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainLoopConfig":
-        return dataclass_from_dict(cls, d)
+        return dataclass_from_dict(cls, {**d, "darth": DarthConfig.from_dict(d.get("darth", {}))})
 
-
-def allreduce_mean(params: list[torch.Tensor]) -> None:
-    """Average the gradients of `params` over all workers (one flattened all-reduce)."""
-    _average_into(params, _flat_grads(params))
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def average_tensors(tensors: list[torch.Tensor]) -> None:
@@ -95,52 +96,47 @@ def _average_into(params: list[torch.Tensor], launched: tuple[torch.Tensor, obje
 
 
 class OverlappedAllReduce:
-    """Gradient averaging that overlaps communication with the backward pass, as DDP's reducer does.
+    """Averages the gradients of `params` over all workers during every backward pass, as DDP's reducer does.
 
     Parameters are grouped into buckets of about `bucket_mb`, in reverse order (backward produces the last layers'
-    gradients first). When every gradient of a bucket is accumulated, its all-reduce starts asynchronously, while
-    backward goes on with earlier layers. Buckets start strictly in order, so every rank issues the same sequence of
-    collectives even when some parameters get no gradient in a step (those buckets start, zero-filled, when the
-    step calls this object). Use as `grad_sync`: the first call averages synchronously and attaches the hooks.
+    gradients first). When every gradient of a bucket is accumulated, its all-reduce starts asynchronously while
+    backward goes on with earlier layers; when backward ends, the remaining buckets start (zero-filled where a
+    parameter got no gradient this step) and all are awaited. Buckets start strictly in order, so every rank issues
+    the same sequence of collectives. The model's code needs no call: after `backward()` the gradients are averaged.
     """
 
-    def __init__(self, bucket_mb: float = 4.0):
-        self.bucket_bytes = int(bucket_mb * 2 ** 20)
+    def __init__(self, params: list[torch.Tensor], bucket_mb: float = 4.0):
+        bucket_bytes = int(bucket_mb * 2 ** 20)
         self.buckets: list[list[torch.Tensor]] = []
-        self.launched: list[tuple[torch.Tensor, object]] = []
-        self.pending: list[int] = []  # per bucket: gradients still to come this step
-
-    def __call__(self, params: list[torch.Tensor]) -> None:
-        if not self.buckets:
-            allreduce_mean(params)
-            self._attach(params)
-            return
-        self._launch_ready(force=True)
-        for bucket, launched in zip(self.buckets, self.launched):
-            _average_into(bucket, launched)
-        self.launched = []
-        self.pending = [len(b) for b in self.buckets]
-
-    def _attach(self, params: list[torch.Tensor]) -> None:
         size = 0
         for p in reversed(params):
-            if not self.buckets or size + p.numel() * p.element_size() > self.bucket_bytes:
+            if not self.buckets or size + p.numel() * p.element_size() > bucket_bytes:
                 self.buckets.append([])
                 size = 0
             self.buckets[-1].append(p)
             size += p.numel() * p.element_size()
-        self.pending = [len(b) for b in self.buckets]
+        self.launched: list[tuple[torch.Tensor, object]] = []
+        self.pending = [len(b) for b in self.buckets]  # per bucket: gradients still to come this backward
         for index, bucket in enumerate(self.buckets):
             for p in bucket:
                 p.register_post_accumulate_grad_hook(lambda _p, i=index: self._ready(i))
 
     def _ready(self, index: int) -> None:
+        if not self.launched and self.pending == [len(b) for b in self.buckets]:  # this backward's first gradient
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish)
         self.pending[index] -= 1
         self._launch_ready(force=False)
 
     def _launch_ready(self, force: bool) -> None:
         while len(self.launched) < len(self.buckets) and (force or self.pending[len(self.launched)] == 0):
             self.launched.append(_flat_grads(self.buckets[len(self.launched)]))
+
+    def _finish(self) -> None:
+        self._launch_ready(force=True)
+        for bucket, launched in zip(self.buckets, self.launched):
+            _average_into(bucket, launched)
+        self.launched = []
+        self.pending = [len(b) for b in self.buckets]
 
 
 def ranks_in_sync(model: torch.nn.Module, world: int) -> bool:
@@ -182,14 +178,13 @@ def train_func(config: dict) -> str | None:
     that stopped the run early (a non-finite loss; the Result's `return_value`), None when it ran to the end."""
     import ray.train
 
-    from darth_ray.adapt.config import DarthConfig
     from darth_ray.adapt.loop import AdaptationRun
     from darth_ray.data.mot import load_sequences
     from darth_ray.data.sharding import frame_counts, shard_frames
     from darth_ray.eval.metrics import COMBINED
 
     loop = TrainLoopConfig.from_dict(config)
-    darth_config = DarthConfig.from_dict(loop.darth)
+    darth_config = loop.darth
     torch.set_num_threads(loop.threads_per_worker)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -199,12 +194,13 @@ def train_func(config: dict) -> str | None:
     shards = shard_frames(frame_counts(sequences), world)
     steps_per_epoch = max(1, min(len(s) for s in shards) // darth_config.frames_per_batch)
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
-                        rank=rank, grad_sync=OverlappedAllReduce() if world > 1 else None, workers=world,
-                        device=device, stats_sync=average_tensors if world > 1 else None)
+                        rank=rank, workers=world, device=device, stats_sync=average_tensors if world > 1 else None)
+    if world > 1:
+        OverlappedAllReduce(run.darth.params)  # its hooks average every backward's gradients
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
     last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(loop.start_from) if loop.start_from else None)
     resumed_from = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -213,57 +209,46 @@ def train_func(config: dict) -> str | None:
                 last_eval.update(json.loads((Path(d) / PROGRESS_FILE).read_text()))
         resumed_from = run.step
         log.info("rank %d resumed at step %d/%d", rank, run.step, run.total_steps)
+    elif darth_config.target_bn_stats:
+        run.use_target_bn_statistics()
 
-    logger = None
-    if rank == 0 and loop.wandb is not None:
-        from darth_ray.distributed.wandb_logging import TrialLogger, WandbSettings
-
-        settings = {k: v for k, v in loop.wandb.items() if k != "run_id"}
-        logger = TrialLogger(WandbSettings(**settings), loop.run_name,
-                             {**darth_config.to_dict(), "workers": world}, run_id=loop.wandb.get("run_id"))
+    if checkpoint is not None and run.step == run.total_steps:  # nothing left (PBT restarted it at its last epoch)
+        ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **last_eval,
+                          EVALUATED_KEY: False, "start_from": loop.start_from},
+                         checkpoint=checkpoint if rank == 0 else None)
+        return None
     first_step, started = run.step, time.perf_counter()
-    error = None
-    try:
-        while run.step < run.total_steps:
-            losses, error = _step_on_every_rank(run, world)
-            if error:
-                # Deterministic: restarting from the last checkpoint (FailureConfig) would diverge the same way. The
-                # run ends with the error in its last report; the checkpoints stay those before the step.
-                ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from,
-                                  ERROR_KEY: error, **last_eval})
-                return error
-            if loop.fail_at_step is not None and run.step == loop.fail_at_step and rank == min(1, world - 1) \
-                    and loop.fail_marker and not os.path.exists(loop.fail_marker):
-                Path(loop.fail_marker).write_text(f"failed at step {run.step}\n")
-                os._exit(1)  # a hard crash, like a killed worker process
-            if logger:
-                logger.log_step(run.step, {k: v for k, v in losses.items() if k.startswith("loss")}, losses["lr"])
-            end_of_epoch = run.step % run.steps_per_epoch == 0
-            done = run.step == run.total_steps
-            if done:  # adaptation throughput of the whole worker group, start-up excluded
-                elapsed = time.perf_counter() - started
-                frames = (run.step - first_step) * darth_config.frames_per_batch * world
-                losses["adapt_frames_per_s"] = frames / elapsed
-            evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
-            if evaluated:
-                _, scores = evaluate_sharded(run.darth.student, sequences, loop.tracker, rank, world)
-                if scores:
-                    best = last_eval["best_HOTA"]
-                    last_eval = {k: scores[COMBINED][k] for k in EVAL_METRICS}
-                    last_eval["best_HOTA"] = last_eval["HOTA"] if math.isnan(best) else max(best, last_eval["HOTA"])
-                    if logger:
-                        logger.log_eval(run.step, {k: scores[COMBINED][k] for k in EVAL_METRICS})
-            # The latest evaluation rides along with later step reports, so every report Tune sees after the
-            # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
-            metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval}
-            if done:
-                metrics["ranks_in_sync"] = ranks_in_sync(run.darth.teacher, world)
-            save = run.step % loop.checkpoint_every == 0 or end_of_epoch
-            if save or run.step % loop.report_every == 0 or evaluated:
-                _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
-    finally:
-        if logger:
-            logger.finish(exit_code=1 if error else 0)
+    while run.step < run.total_steps:
+        losses, error = _step_on_every_rank(run, world)
+        if error:
+            # Deterministic: restarting from the last checkpoint (FailureConfig) would diverge the same way. The
+            # run ends with the error in its last report; the checkpoints stay those before the step.
+            ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from,
+                              ERROR_KEY: error, **last_eval})
+            return error
+        end_of_epoch = run.step % run.steps_per_epoch == 0
+        done = run.step == run.total_steps
+        if done:  # adaptation throughput of the whole worker group, start-up excluded
+            elapsed = time.perf_counter() - started
+            frames = (run.step - first_step) * darth_config.frames_per_batch * world
+            losses["adapt_frames_per_s"] = frames / elapsed
+        evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
+        if evaluated:
+            _, scores = evaluate_sharded(run.darth.student, sequences, loop.tracker, rank, world)
+            if scores:
+                best = last_eval["best_HOTA"]
+                last_eval = {k: scores[COMBINED][k] for k in EVAL_METRICS}
+                last_eval["best_HOTA"] = last_eval["HOTA"] if math.isnan(best) else max(best, last_eval["HOTA"])
+        # The latest evaluation rides along with later step reports, so every report Tune sees after the
+        # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
+        # `evaluated` marks the report of a new evaluation (W&B's eval/* rows).
+        metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval,
+                   EVALUATED_KEY: bool(evaluated and scores), "start_from": loop.start_from}
+        if done:
+            metrics["ranks_in_sync"] = ranks_in_sync(run.darth.teacher, world)
+        save = run.step % loop.checkpoint_every == 0 or end_of_epoch
+        if save or run.step % loop.report_every == 0 or evaluated:
+            _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
 
 
 def _step_on_every_rank(run, world: int) -> tuple[dict | None, str | None]:

@@ -1,45 +1,108 @@
 """Ray Tune over DARTH: every trial is a function trainable that builds and fits a TorchTrainer (the pattern Ray
-recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting to Tune through
-`TuneReportCallback`. Trials are ranked by HOTA; ASHA stops weak trials after each evaluated epoch.
+recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting each of its reports to Tune (with
+the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA; ASHA stops weak trials after each
+evaluated epoch, PBT restarts them from better trials' checkpoints. W&B runs are written by the driver
+(`WandbCallback`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
-from darth_ray.distributed.train import ERROR_KEY, NonFiniteLossError, TrainLoopConfig, train_func
+from ray import tune
+from ray.train.v2.api.callback import UserCallback
+
+from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, NonFiniteLossError, TrainLoopConfig,
+                                         train_func)
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
 
 TRIAL_MEMORY = 256 * 2**20  # bytes reserved by each trial function (its driver of the TorchTrainer)
-EXPERIMENT_FILE = "darth_experiment.json"  # in the experiment directory: the settings its trials were run with
-
-# Hyperparameters searched by default (DARTH.md "What people tune"), as (sampler, low, high).
-SEARCH_SPACE = {
-    "aug_strength": ("uniform", 0.5, 1.5),
-    # Off (0) up to the published 0.5: on the embedded benchmark the photometric views cost more than they give.
-    "photometric_prob": ("uniform", 0.0, 0.5),
-    "channel_swap_prob": ("uniform", 0.0, 0.5),
-    "rpn_weight": ("loguniform", 0.02, 0.5),
-    "roi_weight": ("loguniform", 0.02, 0.5),
-    "contrastive_weight": ("loguniform", 0.2, 2.0),
-    "ema_momentum": ("loguniform", 5e-4, 1e-2),
-    "conf_thr": ("uniform", 0.5, 0.9),
-    "lr": ("loguniform", 5e-4, 5e-3),
-}
+EXPERIMENT_FILE = "darth_experiment.json"
+# "pbt": Population Based Training, its mutations the search space: every epoch the worse half of the trials restart
+# from the better half's checkpoints (student, teacher, optimiser, step) with perturbed values.
+SCHEDULERS = ("asha", "fifo", "pbt")  # in the experiment directory: the settings its trials were run with
 
 
-def param_space(names=tuple(SEARCH_SPACE)) -> dict:
-    from ray import tune
+def search_leaves(space: Mapping, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, sampler) of every searched value of a nested search space, e.g. (("darth", "lr"), tune.loguniform)."""
+    leaves = []
+    for key, value in space.items():
+        if isinstance(value, Mapping) and set(value) != {"grid_search"}:
+            leaves += search_leaves(value, path + (key,))
+        else:
+            leaves.append((path + (key,), value))
+    return leaves
 
-    samplers = {"uniform": tune.uniform, "loguniform": tune.loguniform}
-    return {name: samplers[kind](lo, hi) for name, (kind, lo, hi) in SEARCH_SPACE.items() if name in names}
+
+def knob_name(path: tuple[str, ...]) -> str:
+    """How a searched value is named in rankings and W&B: a DARTH knob by its name, anything else by its path."""
+    return ".".join(path[1:] if path[0] == "darth" else path)
+
+
+def searched_values(config: Mapping, space: Mapping) -> dict[str, Any]:
+    """A trial's drawn values of the searched knobs, by `knob_name`."""
+    values = {}
+    for path, _ in search_leaves(space):
+        value = config
+        for key in path:
+            value = value[key]
+        values[knob_name(path)] = value
+    return values
+
+
+def sampler_extremes(sampler: Any) -> list:
+    """Every value a sampler can reach at its edges: a range's bounds, each category, each grid value."""
+    from ray.tune.search.sample import Categorical, Domain, Float, Integer
+
+    if isinstance(sampler, Mapping):  # tune.grid_search
+        return list(sampler["grid_search"])
+    if isinstance(sampler, (Float, Integer)) and sampler.lower is not None and sampler.upper is not None:
+        return [sampler.lower, sampler.upper - 1 if isinstance(sampler, Integer) else sampler.upper]
+    if isinstance(sampler, Categorical):
+        return list(sampler.categories)
+    if isinstance(sampler, Domain):
+        raise ValueError(f"cannot check the range of a {type(sampler).__name__} sampler")
+    return [sampler]  # a constant
+
+
+def _with_value(config: dict, path: tuple[str, ...], value: Any) -> dict:
+    head, *rest = path
+    return {**config, head: _with_value(config.get(head, {}), tuple(rest), value) if rest else value}
+
+
+def check_search_space(loop: TrainLoopConfig, space: Mapping) -> None:
+    """Before any trial starts: at each edge of every sampler the trial's config is valid (DarthConfig's checks);
+    otherwise a ValueError naming the knob and the value."""
+    base = loop.to_dict()
+    for path, sampler in search_leaves(space):
+        name = ".".join(path)
+        try:
+            values = sampler_extremes(sampler)
+        except ValueError as e:
+            raise ValueError(f"search space {name}: {e}") from None
+        for value in values:
+            try:
+                TrainLoopConfig.from_dict(_with_value(base, path, value))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"search space {name}: {value!r} is out of range: {e}") from None
+
+
+def trial_param_space(exp: "ExperimentConfig") -> dict:
+    """Tune's param_space: the trial's TrainLoopConfig as a dict, the searched values replaced by their samplers.
+    It reaches the worker as train_loop_config."""
+    space = exp.loop.to_dict()
+    for path, sampler in search_leaves(exp.search_space):
+        space = _with_value(space, path, sampler)
+    return space
 
 
 @dataclass(frozen=True)
@@ -48,14 +111,15 @@ class ExperimentConfig:
 
     name: str
     storage_path: str                      # absolute; trials, checkpoints and W&B runs go below it
-    loop: TrainLoopConfig                  # base per-trial loop config; searched keys override loop.darth
+    loop: TrainLoopConfig                  # every trial's config, but for the searched values
+    # Tune samplers nested as TrainLoopConfig nests its fields: {"darth": {"lr": tune.loguniform(5e-4, 5e-3)}}
+    search_space: Mapping = field(default_factory=dict)
     workers_per_trial: int = 1
     gpus_per_worker: float = 0.0
     num_samples: int = 4
     max_concurrent_trials: int | None = None
-    scheduler: str = "asha"                # "asha" or "fifo"
+    scheduler: str = "asha"                # one of SCHEDULERS
     search: str = "random"                 # "random" or "optuna"
-    searched: tuple[str, ...] = tuple(SEARCH_SPACE)
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
     seed: int = 0
     wandb: dict | None = field(default_factory=lambda: {"mode": None})
@@ -65,13 +129,11 @@ class ExperimentConfig:
             raise ValueError(f"storage_path must be absolute, got {self.storage_path!r}")
         for name, ok in (("workers_per_trial", self.workers_per_trial >= 1), ("num_samples", self.num_samples >= 1),
                          ("gpus_per_worker", self.gpus_per_worker >= 0), ("max_failures", self.max_failures >= -1),
-                         ("scheduler", self.scheduler in ("asha", "fifo")),
+                         ("scheduler", self.scheduler in SCHEDULERS),
                          ("search", self.search in ("random", "optuna"))):
             if not ok:
                 raise ValueError(f"ExperimentConfig.{name} is invalid: {getattr(self, name)!r}")
-        unknown = sorted(set(self.searched) - set(SEARCH_SPACE))
-        if unknown:
-            raise ValueError(f"cannot search {', '.join(unknown)}; searchable: {', '.join(SEARCH_SPACE)}")
+        check_search_space(self.loop, self.search_space)
 
 
 def experiment_settings(exp: ExperimentConfig) -> dict:
@@ -83,38 +145,44 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
         raise InputError(loop.source, "source checkpoint not found")
     settings = {"source": loop.source, "source_sha256": file_sha256(loop.source),
                 "target": loop.target, "split": loop.split,
-                **{f"darth.{k}": v for k, v in sorted(loop.darth.items())},
+                **{f"darth.{k}": v for k, v in sorted(loop.darth.to_dict().items())},
                 **{f"tracker.{k}": v for k, v in sorted(loop.tracker.items())},
                 "eval_every_epoch": loop.eval_every_epoch, "workers_per_trial": exp.workers_per_trial,
                 "num_samples": exp.num_samples, "scheduler": exp.scheduler, "search": exp.search,
-                "searched": sorted(exp.searched), "seed": exp.seed}
+                "searched": sorted(".".join(path) for path, _ in search_leaves(exp.search_space)), "seed": exp.seed}
     return json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
 
 
 def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, storage_path: str, name: str,
-              max_failures: int = 1, in_tune: bool = False):
-    """Fit one TorchTrainer running `train_func`; returns its ray.train.Result. A run stopped by a non-finite loss
-    returns with `error` set (a NonFiniteLossError naming the step and the last good checkpoint, which is
-    `checkpoint`)."""
+              max_failures: int = 1, in_tune: bool = False, train_loop=train_func):
+    """Fit one TorchTrainer running `train_loop` (`train_func` or a wrapper of it); returns its ray.train.Result.
+    A run stopped by a non-finite loss returns with `error` set (a NonFiniteLossError naming the step and the last
+    good checkpoint, which is `checkpoint`)."""
+    return _fit(loop.to_dict(), workers, gpus_per_worker, storage_path, name, max_failures, in_tune, train_loop)
+
+
+def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_path: str, name: str,
+         max_failures: int, in_tune: bool, train_loop, tune_checkpoints: bool = False):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    callbacks = []
+    reports = None
     if in_tune:
-        from ray.tune.integration.ray_train import TuneReportCallback
+        from ray.util.queue import Queue
 
-        callbacks.append(TuneReportCallback())
-    resources = {"CPU": loop.threads_per_worker}
+        reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    resources = {"CPU": train_loop_config["threads_per_worker"]}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
     trainer = TorchTrainer(
-        train_func, train_loop_config=dataclasses.asdict(loop),
+        train_loop, train_loop_config=train_loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                                resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
+                                       callbacks=[] if reports is None else [_ReportsToQueue(reports)],
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
+    result = trainer.fit() if reports is None else _fit_reporting_to_tune(trainer, reports, tune_checkpoints)
     if result.return_value:  # train_func stopped at a non-finite loss
         last = result.checkpoint.path if result.checkpoint else "none"
         result = dataclasses.replace(result, error=NonFiniteLossError(
@@ -122,26 +190,148 @@ def fit_trial(loop: TrainLoopConfig, workers: int, gpus_per_worker: float, stora
     return result
 
 
-def _trial(config: dict, base: dict) -> None:
-    """Tune function trainable: the searched values (`config`) override the base DARTH config of this trial."""
-    from ray import tune
+class _ReportsToQueue(UserCallback):
+    """Ray Train -> Tune: rank 0's metrics of every report and its checkpoint's path, into a queue the trial
+    function empties (Ray's TuneReportCallback forwards the path only, as a metric; cloning schedulers need the
+    checkpoint itself reported to Tune)."""
 
-    loop = TrainLoopConfig.from_dict(base["loop"])
-    context = tune.get_context()
-    trial_id, trial_name = context.get_trial_id(), context.get_trial_name()
-    searched = dict(config)
-    wandb = None
-    if base["wandb"] is not None:
-        wandb = {**{k: v for k, v in base["wandb"].items() if v is not None},
-                 "group": base["name"], "dir": str(Path(base["storage_path"]) / base["name"]),  # runs: <dir>/wandb/
-                 "run_id": f"{base['name']}-{trial_id}"}
-    loop = dataclasses.replace(loop, darth={**loop.darth, **searched}, run_name=trial_name, wandb=wandb)
-    result = fit_trial(loop, base["workers"], base["gpus"], str(Path(base["storage_path"]) / base["name"] / "train"),
-                       name=trial_id, max_failures=base["max_failures"], in_tune=True)
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put((metrics[0], checkpoint.path if checkpoint else None))
+
+
+def _fit_reporting_to_tune(trainer, reports, tune_checkpoints: bool):
+    """`trainer.fit()` in a thread while this (the trial's) thread reports each of its reports to Tune, with the
+    checkpoint as a Tune checkpoint when `tune_checkpoints` (PBT clones trials from them)."""
+    import queue
+    import threading
+
+    outcome = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the trial's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    while thread.is_alive() or not reports.empty():
+        try:
+            metrics, path = reports.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        checkpoint = tune.Checkpoint(path) if path and tune_checkpoints else None
+        tune.report({**metrics, **({"checkpoint_path": path} if path else {})}, checkpoint=checkpoint)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _trial(config: dict, base: dict) -> None:
+    """Tune function trainable: `config` (Tune's draw from the param space) is the trial's train_loop_config. A trial
+    PBT restarts (after an exploit: with the donor's checkpoint and perturbed values) starts a new Train run from
+    its Tune checkpoint."""
+    trial_id = tune.get_context().get_trial_id()
+    storage, name = Path(base["storage_path"]) / base["name"] / "train", trial_id
+    start = tune.get_checkpoint()
+    if start is not None:
+        config = {**config, "start_from": start.path}
+        name = f"{trial_id}.{len(list(storage.glob(f'{trial_id}.*'))) + 1}"
+    result = _fit(config, base["workers"], base["gpus"], str(storage), name, base["max_failures"], in_tune=True,
+                  train_loop=train_func, tune_checkpoints=base["tune_checkpoints"])
     if result.error:  # the trial errors (Tune does not retry it), its last result naming the last good checkpoint
         tune.report({**(result.metrics or {}), ERROR_KEY: str(result.error),
                      "checkpoint_path": result.checkpoint.path if result.checkpoint else None})
         raise result.error
+
+
+class WandbCallback(tune.Callback):
+    """One W&B run per trial, written by the Tune driver from the trial's reports (every step's losses, every
+    evaluation). Tune hands each report to its callbacks before it acts on the scheduler's decision, so the
+    evaluation that gets a trial stopped is in its run, and the run is finished when the trial ends, however it
+    ends (completed, stopped by the scheduler, errored). Runs of a crashed worker group go on: rows of steps it
+    repeats after its restart are logged again at their `train/step`. A trial PBT restarts keeps its run, which
+    records where it went on from (`TrialLogger.log_restart`)."""
+
+    def __init__(self, settings: dict, experiment: str, storage_path: str, workers: int):
+        self.settings = {**{k: v for k, v in settings.items() if v is not None}, "group": experiment,
+                         "dir": str(Path(storage_path) / experiment)}  # runs: <storage>/<experiment>/wandb/
+        self.experiment, self.workers = experiment, workers
+        self.loggers = {}
+        self.started_from = {}  # trial id: the checkpoint its current Train run started from
+
+    def _logger(self, trial):
+        from darth_ray.wandb_logging import TrialLogger, WandbSettings
+
+        if trial.trial_id not in self.loggers:
+            self.loggers[trial.trial_id] = TrialLogger(
+                WandbSettings(**self.settings), str(trial), {**trial.config["darth"], "workers": self.workers},
+                run_id=f"{self.experiment}-{trial.trial_id}")
+        return self.loggers[trial.trial_id]
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if ERROR_KEY in result:
+            return
+        logger = self._logger(trial)
+        start = result.get("start_from")
+        if start and self.started_from.get(trial.trial_id) != start:  # restarted by PBT: from whose checkpoint
+            self.started_from[trial.trial_id] = start
+            donor = next((str(t) for t in trials if Path(start).is_relative_to(t.path)), start)
+            logger.log_restart(result["resumed_from_step"], donor, trial.config["darth"])
+        if "loss_total" not in result:
+            return
+        logger.log_step(result["step"], {k: v for k, v in result.items() if k.startswith("loss_")}, result["lr"])
+        if result.get(EVALUATED_KEY):
+            logger.log_eval(result["step"], {k: result[k] for k in EVAL_METRICS})
+
+    def _finish(self, trial, exit_code: int) -> None:
+        logger = self.loggers.pop(trial.trial_id, None)
+        if logger:
+            logger.finish(exit_code=exit_code)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, 0)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, 1)
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:
+            self._finish(trial, 0)
+
+
+def trial_scheduler(exp: "ExperimentConfig"):
+    """The Tune scheduler `exp.scheduler` names (None: FIFO)."""
+    if exp.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="epoch", max_t=exp.loop.darth.epochs, grace_period=1, reduction_factor=2)
+    if exp.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        # synch: every trial reaches the epoch (and its evaluation) before any is compared
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=1, synch=True, quantile_fraction=0.5,
+                                       hyperparam_mutations=dict(exp.search_space),
+                                       custom_explore_fn=functools.partial(clamp_to_space, space=exp.search_space))
+    return None
+
+
+def clamp_to_space(config: dict, space: Mapping) -> dict:
+    """PBT's perturbations (x0.8, x1.2) can leave a range (conf_thr 0.85 x 1.2): back to its bound."""
+    from ray.tune.search.sample import Float, Integer
+
+    for path, sampler in search_leaves(space):
+        if isinstance(sampler, (Float, Integer)):
+            parent = config
+            for key in path[:-1]:
+                parent = parent[key]
+            high = sampler.upper - 1 if isinstance(sampler, Integer) else sampler.upper
+            parent[path[-1]] = min(max(parent[path[-1]], sampler.lower), high)
+    return config
 
 
 def run_experiment(exp: ExperimentConfig, resume: bool = True):
@@ -150,11 +340,9 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     Ray needs its dashboard (the State API) here: when Tune ends a trial, Ray Train's placement-group cleaner
     frees the trial's worker CPUs only once it sees the controller gone, and without the State API it never
     does, so later trials wait forever for CPUs."""
-    from ray import tune
-
-    base = {"loop": dataclasses.asdict(exp.loop), "name": exp.name, "storage_path": exp.storage_path,
+    base = {"name": exp.name, "storage_path": exp.storage_path,
             "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures,
-            "wandb": exp.wandb}
+            "tune_checkpoints": exp.scheduler == "pbt"}
     # The trial function only waits on its TorchTrainer, so it holds no CPU (even 0.01 CPU per trial would keep the
     # last trial's workers from fitting on a full node; they would time out waiting). Ray rejects an empty resource
     # request: it reserves memory instead.
@@ -180,12 +368,8 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         path.rename(aside)
         log.info("starting a new experiment %s; the previous one moved to %s", path, aside)
     atomic_write_json(path / EXPERIMENT_FILE, settings)
-    scheduler = None
-    if exp.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        epochs = exp.loop.darth.get("epochs", 4)
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=1, reduction_factor=2)
+    callbacks = [] if exp.wandb is None else [WandbCallback(exp.wandb, exp.name, exp.storage_path,
+                                                            exp.workers_per_trial)]
     search_alg = None
     if exp.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -193,10 +377,11 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         search_alg = OptunaSearch(seed=exp.seed)
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space(exp.searched),
-        tune_config=tune.TuneConfig(metric="HOTA", mode="max", num_samples=exp.num_samples, scheduler=scheduler,
-                                    search_alg=search_alg, max_concurrent_trials=exp.max_concurrent_trials),
-        run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path,
+        param_space=trial_param_space(exp),
+        tune_config=tune.TuneConfig(metric="HOTA", mode="max", num_samples=exp.num_samples,
+                                    scheduler=trial_scheduler(exp), search_alg=search_alg,
+                                    max_concurrent_trials=exp.max_concurrent_trials),
+        run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     return tuner.fit()

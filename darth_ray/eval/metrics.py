@@ -34,6 +34,7 @@ from scipy.optimize import linear_sum_assignment
 from darth_ray.data.mot import (DISTRACTOR_CLASSES, PEDESTRIAN, VALID_MOT17_CLASSES, MotSequence, Sequence,
                                 Tracks, load_sequences, read_mot_file)
 from darth_ray.data.results import NO_CLASS, read_scalabel_results, results_to_tracks
+from darth_ray.boxes import box_ioa_xywh, box_iou_xywh
 from darth_ray.io import InputError
 
 log = logging.getLogger(__name__)
@@ -44,30 +45,6 @@ AVERAGE = "AVERAGE"  # the per-class row of the mean over classes with ground tr
 CLASS_MEANS = {"mHOTA": "HOTA", "mMOTA": "MOTA", "mIDF1": "IDF1"}  # BDD100K's class-averaged headline metrics
 BY_CLASS, BY_ATTRIBUTE = "CLASSES", "ATTRIBUTES"  # their keys in the JSON beside the sequence rows
 _EPS = np.finfo(float).eps
-
-
-def _intersection_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a1, a2 = a[:, None, :2], a[:, None, :2] + a[:, None, 2:]
-    b1, b2 = b[None, :, :2], b[None, :, :2] + b[None, :, 2:]
-    wh = np.clip(np.minimum(a2, b2) - np.maximum(a1, b1), 0, None)
-    return wh[..., 0] * wh[..., 1]
-
-
-def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix [len(a), len(b)] of boxes given as x, y, w, h."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    inter = _intersection_xywh(a, b)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, _EPS), 0.0)
-
-
-def box_ioa_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)]: the share of each box of `a` that lies inside each box of `b` (0 for an empty box)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    area = (a[:, 2] * a[:, 3])[:, None]
-    return np.where(area > _EPS, _intersection_xywh(a, b) / np.maximum(area, _EPS), 0.0)
 
 
 def _match(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

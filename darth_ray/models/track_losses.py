@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from darth_ray.boxes import box_iou
+
 # mmdet's weight_reduce_loss divides by (avg_factor + eps) so an all-zero weight gives 0, not NaN.
 _AVG_EPS = torch.finfo(torch.float32).eps
 
@@ -28,19 +30,6 @@ class SampledBoxes(NamedTuple):
     boxes: Tensor  # [S, 4] x1y1x2y2
     ids: Tensor  # [S] int64 instance id of the matched ground truth, 0 for negatives
     is_pos: Tensor  # [S] bool
-
-
-def box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """Pairwise IoU [N, M] of x1y1x2y2 boxes, as mmdet's ``bbox_overlaps`` (union clamped at eps,
-    no +1 pixel convention)."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    overlap = wh[..., 0] * wh[..., 1]
-    union = (area1[:, None] + area2[None, :] - overlap).clamp(min=eps)
-    return overlap / union
 
 
 def _random_subset(inds: Tensor, num: int, generator: torch.Generator | None) -> Tensor:

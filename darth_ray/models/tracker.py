@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .track_losses import box_iou
+from darth_ray.boxes import box_iou
 
 MATCH_METRICS = ("bisoftmax", "softmax", "cosine")
 

@@ -1,7 +1,7 @@
 """Start and stop local Ray nodes that belong to *this* process only.
 
-Used by the tests (``tests/conftest.py``) and by benchmarks that need a real
-``ray start`` head (for ``ray job submit``) or a fake autoscaling cluster.
+Test support (``tests/conftest.py``, the Ray tests): a real ``ray start`` head (for
+``ray job submit``) or a fake autoscaling cluster.
 
 Design rules, because other people's Ray processes may be running on the same
 machine:
@@ -28,7 +28,6 @@ import contextlib
 import copy
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -425,23 +424,6 @@ def _auth_mode() -> str:
     """This process's Ray auth mode: "token" once a local ``ray.init()`` here enabled it, else "disabled" (what a
     driver connecting to an existing cluster assumes)."""
     return os.environ.get("RAY_AUTH_MODE", "disabled").lower()
-
-
-def use_private_auth_token() -> None:
-    """Call before a local ``ray.init()`` (a new cluster of this process): token auth with a fresh token held only in
-    this process's environment, which the cluster's processes inherit. Left alone, Ray 2.60 writes the token to
-    ~/.ray/auth_token, and from then on every ``ray start --head`` of the user turns token auth on, which its
-    ``ray job submit`` (mode "disabled" unless RAY_AUTH_MODE says "token") cannot pass. An auth mode or token the
-    user set is kept."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token --generate`
-    if "ray._raylet" in sys.modules:  # Ray read its config at import: refresh it, as Ray does when it turns token on
-        from ray._raylet import Config
-
-        Config.initialize("")
 
 
 def _auth_headers(env: Mapping[str, str] = os.environ) -> dict[str, str]:

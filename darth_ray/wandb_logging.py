@@ -64,6 +64,7 @@ class TrialLogger:
         self.settings = settings
         self._best: dict[str, float] = {}
         self._eval_prefixes: set[str] = set()
+        self._lineage: list[dict[str, Any]] = []
         self._run = None
         self._run_dir: Path | None = None
         if settings.mode != "disabled":
@@ -104,6 +105,16 @@ class TrialLogger:
             if _is_better(name, float(value), self._best[key]):
                 self._best[key] = float(value)
                 self._run.summary[key] = float(value)
+
+    def log_restart(self, step: int, source: str, config: Mapping[str, Any]) -> None:
+        """The trial went on from `source`'s checkpoint at `step` with `config` (a PBT exploit clones a better
+        trial's; a paused trial continues from its own): the summary's ``lineage`` lists every such restart, and
+        the run's config becomes the new one."""
+        if self._run is None:
+            return
+        self._lineage.append({"step": step, "from": source, **flatten_config(config)})
+        self._run.summary["lineage"] = list(self._lineage)
+        self._run.config.update(flatten_config(config), allow_val_change=True)
 
     def finish(self, exit_code: int = 0) -> None:
         """Close the run (idempotent); a non-zero exit code marks it failed."""
