@@ -10,7 +10,8 @@ experiment.
 
 Results: runs/tune/<name>/ (Tune's experiment directory: one folder per trial, resumable), the Train runs with
 their checkpoints under runs/tune/<name>/train/, W&B runs under runs/tune/<name>/wandb/ (offline without an API
-key), and runs/tune/<name>/best.json with the ranking.
+key), runs/tune/<name>/best.json with the ranking, and runs/tune/<name>/report.html with summary.png (HOTA per
+trial over epochs, hyperparameters against HOTA).
 """
 from __future__ import annotations
 
@@ -264,6 +265,10 @@ def report(grid, exp) -> int:
         return 1
     best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", ranked + errored)
     print(f"\nranking written to {best}")
+    from darth_ray.eval.report import write_experiment_report
+
+    pages = write_experiment_report(Path(exp.storage_path) / exp.name)
+    print(f"report (opens offline): {pages}")
     return 0
 
 

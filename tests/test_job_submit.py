@@ -35,6 +35,8 @@ def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, 
                                       "roi_weight", "contrastive_weight", "ema_momentum", "conf_thr", "lr"}
     assert "best trials of job" in result.stdout
     assert list((runs / "tune" / "job" / "wandb").glob("offline-run-*"))  # one W&B run for the trial
+    report = (runs / "tune" / "job" / "report.html").read_text()  # the offline report, linking the trial
+    assert best[0]["trial"] in report and (runs / "tune" / "job" / "summary.png").stat().st_size > 0
 
 
 
