@@ -120,8 +120,10 @@ def _provenance(data_dir: Path, split: str | None, cfg: SourceTrainConfig) -> di
 
 
 def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceTrainConfig(),
-                 split: str | None = None, resume: bool = True, show_progress: bool = True) -> Path:
-    """Train on every labelled sequence of `data_dir` (optionally its `split`); returns `out_dir/final.pt`."""
+                 split: str | None = None, resume: bool = True, show_progress: bool = True,
+                 device: str = "cpu") -> Path:
+    """Train on every labelled sequence of `data_dir` (optionally its `split`) on `device`; returns
+    `out_dir/final.pt`."""
     out_dir = Path(out_dir)
     sequences = load_sequences(data_dir, split=split, require_images=True, require_gt=True)
     seqs = {s.name: s for s in sequences}
@@ -130,7 +132,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
                                                                            steps_per_epoch * cfg.epochs)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
@@ -140,7 +142,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     last = out_dir / RESUME_FILE
     if claim_output_dir(out_dir, "train-source", _provenance(data_dir, split, cfg), TRAIN_SOURCE_OUTPUTS,
                         resume=resume, defaults=_provenance(data_dir, split, SourceTrainConfig())):
-        model, state = load_checkpoint(last)
+        model, state = load_checkpoint(last, map_location=device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
@@ -170,6 +172,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
             colours = [colour_transform(u.tolist(), photometric).float()
                        for u in torch.rand(len(batch), 12, generator=generator, dtype=torch.float64)]
         images, targets = _load_pair_batch(seqs, batch, flip, colours)
+        images = images.to(device)
         t0 = time.perf_counter()
         losses = qdtrack_losses(model, images, targets, len(batch))
         loss = sum(losses.values())
