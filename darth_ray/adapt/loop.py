@@ -102,7 +102,9 @@ class AdaptationRun:
         if self.step == 0 and self.config.target_bn_stats:  # a resumed run has them in its checkpoint
             self.use_target_bn_statistics()
         frames = self.frames_ahead.get(self.step)
-        generator = torch.Generator(device=self.device).manual_seed(
+        # A CPU generator on every device: the proposal sampler's randperm needs one, and a step draws the same
+        # views on the CPU and on a GPU.
+        generator = torch.Generator().manual_seed(
             (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
         t0 = time.perf_counter()
         losses = self.darth.step(frames, generator)
