@@ -69,7 +69,7 @@ def main() -> None:
     darth_module.build_views = timed("view building", darth_module.build_views)
     darth_module.assign_and_sample = timed("proposal sampling", darth_module.assign_and_sample)
     darth_module.ema_update = timed("EMA update", darth_module.ema_update)
-    run.load_batch = timed("frame loading", run.load_batch)
+    run.frames_ahead.get = timed("frame loading", run.frames_ahead.get)  # what decoding ahead leaves to wait for
 
     run.run_step()  # warm-up
     t0 = time.perf_counter()  # target_bn_stats: one feature pass over the run's frames (timed after the warm-up)

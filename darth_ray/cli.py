@@ -167,6 +167,10 @@ def _device(requested: str) -> str:
     return requested
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
+
+
 def _train_source(args: argparse.Namespace) -> None:
     import torch
 
@@ -174,9 +178,10 @@ def _train_source(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = _device(args.device)
     fields = {k: getattr(args, k) for k in SourceTrainConfig.__dataclass_fields__ if getattr(args, k, None) is not None}
     final = train_source(args.data, args.out, SourceTrainConfig(**fields), split=args.split,
-                         resume=not args.no_resume, show_progress=not args.quiet)
+                         resume=not args.no_resume, show_progress=not args.quiet, device=device)
     print(f"final checkpoint: {final}")
 
 
@@ -366,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (100)")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    _add_device_option(p)
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUT/last.pt exists (never in another command's --out)")
@@ -383,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize frames to fit MAX x MAX keeping the ratio (e.g. 1088 for DanceTrack; default: "
                         "native size)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="frames per detector forward (4)")
-    p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
+    _add_device_option(p)
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_dataset_options(p, "--data")
@@ -404,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a DARTH adapter config of the authors (e.g. darth_qdtrack_faster-rcnn_r50_fpn_4e_dancetrack"
                         ".py): its views, losses, EMA, conf_thr, optimiser, schedule and tracker; the options below "
                         "override it; its model must be --source's (see `darth-ray config show`)")
-    p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
+    _add_device_option(p)
     p.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (50)")
     p.add_argument("--compare-source", action="store_true",
                    help="also track with the source model and write OUT/source_metrics.json")

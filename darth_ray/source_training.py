@@ -129,9 +129,9 @@ def _provenance(data_dir: Path, split: str | None, cfg: SourceTrainConfig, image
 
 def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceTrainConfig(),
                  split: str | None = None, resume: bool = True, show_progress: bool = True,
-                 images: Path | None = None, classes: list[str] | None = None) -> Path:
+                 images: Path | None = None, classes: list[str] | None = None, device: str = "cpu") -> Path:
     """Train on every labelled sequence of `data_dir` (any dataset `load_dataset` reads, with its `split`, `images`
-    and `classes`); returns `out_dir/final.pt`. The model gets one class per dataset class (cfg.model's
+    and `classes`) on `device`; returns `out_dir/final.pt`. The model gets one class per dataset class (cfg.model's
     architecture otherwise); the checkpoint records the class names."""
     out_dir = Path(out_dir)
     sequences, class_names = load_dataset(data_dir, split, images, classes, require_images=True, require_gt=True)
@@ -141,7 +141,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
                                                                            steps_per_epoch * cfg.epochs)
     torch.manual_seed(cfg.seed)
-    model = build_model(dataclasses.replace(model_config(cfg.model), num_classes=len(class_names)))
+    model = build_model(dataclasses.replace(model_config(cfg.model), num_classes=len(class_names))).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
@@ -152,7 +152,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     provenance = _provenance(data_dir, split, cfg, images, classes)
     if claim_output_dir(out_dir, "train-source", provenance, TRAIN_SOURCE_OUTPUTS, resume=resume,
                         defaults=_provenance(data_dir, split, SourceTrainConfig())):
-        model, state = load_checkpoint(last)
+        model, state = load_checkpoint(last, map_location=device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
@@ -183,6 +183,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
             colours = [colour_transform(u.tolist(), photometric).float()
                        for u in torch.rand(len(batch), 12, generator=generator, dtype=torch.float64)]
         images, targets = _load_pair_batch(seqs, batch, flip, colours)
+        images = images.to(device)
         t0 = time.perf_counter()
         losses = qdtrack_losses(model, images, targets, len(batch))
         loss = sum(losses.values())

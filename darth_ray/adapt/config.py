@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from darth_ray.adapt.amp import AMP_MODES
 from darth_ray.data.photometric import PhotometricRanges
 from darth_ray.io import dataclass_from_dict
 
@@ -86,6 +87,9 @@ class DarthConfig:
     warmup_ratio: float = 0.1  # mmcv's default; the 12e configs use 0.001
     frames_per_batch: int = 2
     seed: int = 0
+    # Mixed precision of the forwards (darth_ray/adapt/amp.py): off (float32), bf16 (CUDA or CPU) or fp16 (CUDA,
+    # with a gradient scaler). Off by default: the published float32 results on every device; bf16 on GPUs.
+    amp: str = "off"
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -186,6 +190,8 @@ def _problems(c: DarthConfig) -> list[str]:
         if size is not None and not (isinstance(size, tuple) and len(size) == 2
                                      and all(integer(x) and x >= low for x in size)):
             p.append(f"{name} must be None or (w, h) of ints >= {low}, got {size!r}")
+    if c.amp not in AMP_MODES:
+        p.append(f"amp must be one of {', '.join(AMP_MODES)}, got {c.amp!r}")
     if c.photometric_impl not in PHOTOMETRIC_IMPLS:
         p.append(f"photometric_impl must be one of {', '.join(PHOTOMETRIC_IMPLS)}, got {c.photometric_impl!r}")
 

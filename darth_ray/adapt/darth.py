@@ -12,6 +12,7 @@ For a batch of target frames (first resized to config.frame_size, if set):
      positives given by the shared pseudo-instance ids (frames without pseudo-boxes are left out);
 4. SGD step on the student, then teacher = (1 - m) * teacher + m * student (lr and m follow the batch rule of
    DarthConfig.scale_to_batch).
+With DarthConfig.amp the forwards run under autocast; boxes, losses and the EMA stay float32 (adapt/amp.py).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from darth_ray.adapt.amp import MixedPrecision, float32_outputs
 from darth_ray.adapt.bn_stats import estimate_bn_statistics
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.ema import ema_update, make_teacher
@@ -53,6 +55,7 @@ class Darth:
                  ema_momentum: float | None = None):
         self.config = config
         self.student, self.teacher = student, teacher
+        self.precision = MixedPrecision(config.amp, next(student.parameters()).device)
         self.params = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.params, lr=config.scaled_lr() if lr is None else lr,
                                          momentum=config.momentum, weight_decay=config.weight_decay)
@@ -64,7 +67,7 @@ class Darth:
     @classmethod
     def from_source(cls, source: QDTrack, config: DarthConfig, **kwargs) -> "Darth":
         """Student and teacher built from the source model (see `student_from_source`)."""
-        student = student_from_source(source)
+        student = float32_outputs(student_from_source(source))  # autocast forwards, float32 outputs (amp.py)
         return cls(student, make_teacher(student), config, **kwargs)
 
     def use_target_bn_statistics(self, batches, all_reduce_mean: Callable[[list[Tensor]], None] | None = None) -> int:
@@ -131,7 +134,8 @@ class Darth:
                                              generator=generator) for j, i in enumerate(keep)]
             key_embeds = student.embed([f[keep] for f in s_feats], [s.boxes for s in key_samples])
             ref_embeds = student.embed(c_feats, [s.boxes for s in ref_samples])
-            track = track_losses(key_embeds, key_samples, ref_embeds, ref_samples)
+            with self.precision.float32():
+                track = track_losses(key_embeds, key_samples, ref_embeds, ref_samples)
             loss_contrastive = track["loss_track"] + track["loss_track_aux"]
         else:
             loss_contrastive = s_feats[0].sum() * 0.0  # keeps the graph connected for DDP-style gradient sync
@@ -142,20 +146,23 @@ class Darth:
     def step(self, frames: Tensor, generator: torch.Generator) -> dict[str, float]:
         """One DARTH step on uint8 RGB frames [B, 3, H, W]; returns the losses as floats."""
         self.student.train()
-        losses = self.losses(frames, generator)
+        with self.precision.autocast():
+            losses = self.losses(frames, generator)
         self.optimizer.zero_grad(set_to_none=True)
-        losses["loss_total"].backward()
+        self.precision.backward(losses["loss_total"])  # gradient averaging, if any, happens in backward hooks
+        self.precision.unscale(self.optimizer)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         ema_update(self.teacher, self.student, self.ema_momentum)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def state_dict(self) -> dict:
         return {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": self.optimizer.state_dict(), "grad_scaler": self.precision.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state.get("grad_scaler", {}))

@@ -4,7 +4,8 @@ worker drives the same `AdaptationRun` on its shard of the frames.
 
 Batches are a pure function of (seed, epoch, step): the frame order of an epoch is a permutation seeded by
 (seed, epoch) and the view randomness of a step a generator seeded by (seed, rank, step). A run resumed from a
-checkpoint therefore continues exactly where it stopped.
+checkpoint therefore continues exactly where it stopped. The frames of the next steps are decoded in background
+threads meanwhile (data/prefetch.py), which changes none of this.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.darth import Darth
 from darth_ray.data.dataset import dataset_options, load_dataset
 from darth_ray.data.mot import Sequence
+from darth_ray.data.prefetch import Prefetcher
 from darth_ray.eval.plots import write_adapt_plots
 from darth_ray.eval.track import track_and_score
 from darth_ray.io import (RESUME_FILE, atomic_torch_save, atomic_write_json, claim_output_dir, file_sha256,
@@ -57,6 +59,8 @@ class AdaptationRun:
         self.steps_per_epoch = steps_per_epoch or max(1, len(frames) // config.frames_per_batch)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.step = 0
+        self.frames_ahead = Prefetcher(lambda step: self.read_frames(self.batch_frames(step)), device,
+                                       self.total_steps)
         # mmcv's step policy (lr x gamma at each epoch in lr_steps) with its linear warm-up
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.darth.optimizer, lambda s: config.lr_factor(s, self.steps_per_epoch))
@@ -76,24 +80,35 @@ class AdaptationRun:
         return self.load_frames(self.batch_frames(step))
 
     def load_frames(self, picks: list[tuple[str, int]]) -> torch.Tensor:
+        return self.read_frames(picks).to(self.device)
+
+    def read_frames(self, picks: list[tuple[str, int]]) -> torch.Tensor:
+        """The frames as one uint8 batch [B, 3, H, W] on the CPU (decoded, resized to the first one's size)."""
         frames = [self.sequences[name].load_image(f) for name, f in picks]
         sizes = {tuple(f.shape) for f in frames}
         if len(sizes) > 1:  # frames stack into one batch (frame_size, when set, resizes them again)
             frames = [torch.nn.functional.interpolate(f[None].float(), size=frames[0].shape[-2:], mode="bilinear")[0]
                       .round().clamp(0, 255).to(torch.uint8) for f in frames]
-        return torch.stack(frames).to(self.device)
+        return torch.stack(frames)
 
     def use_target_bn_statistics(self) -> int:
         """Student and teacher BN statistics from one pass over this run's frames (pooled across workers). Before
         the first step, when config.target_bn_stats; a resumed run has them in its checkpoint."""
-        batches = (self.load_frames(self.frames[i:i + 4]) for i in range(0, len(self.frames), 4))
-        seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
+        chunks = [self.frames[i:i + 4] for i in range(0, len(self.frames), 4)]
+        ahead = Prefetcher(lambda i: self.read_frames(chunks[i]), self.device, len(chunks))
+        batches = (ahead.get(i) for i in range(len(chunks)))
+        try:
+            seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
+        finally:
+            ahead.close()
         log.info("BatchNorm statistics re-estimated on %d target frames", seen)
         return seen
 
     def run_step(self) -> dict[str, float]:
-        frames = self.load_batch(self.step)
-        generator = torch.Generator(device=self.device).manual_seed(
+        frames = self.frames_ahead.get(self.step)
+        # A CPU generator on every device: the proposal sampler's randperm needs one, and a step draws the same
+        # views on the CPU and on a GPU.
+        generator = torch.Generator().manual_seed(
             (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
         t0 = time.perf_counter()
         losses = self.darth.step(frames, generator)

@@ -1,12 +1,12 @@
 """Run a QDTrack model and the QuasiDenseTracker over sequences and write MOTChallenge (and Scalabel) results.
 
 Detection runs on batches of frames (one forward for several frames); association then walks the batch frame by
-frame, since the tracker is sequential. The next batch's images are decoded in a background thread.
+frame, since the tracker is sequential. The next batches' images are decoded in background threads (pinned and
+copied asynchronously on CUDA: data/prefetch.py).
 """
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from tqdm import tqdm
 
 from darth_ray.data.mot import Sequence
+from darth_ray.data.prefetch import Prefetcher
 from darth_ray.data.results import write_results, write_scalabel_results
 from darth_ray.eval.metrics import score_results
 from darth_ray.models.tracker import QuasiDenseTracker
@@ -82,13 +83,10 @@ def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_
     out = {"frames": [], "ids": [], "boxes": [], "scores": [], **({"labels": []} if multi_class else {})}
     batches = [list(range(s, min(s + batch_size, sequence.num_frames + 1)))
                for s in range(1, sequence.num_frames + 1, batch_size)]
-    load = lambda frames: torch.stack([sequence.load_image(f) for f in frames])
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(load, batches[0])
+    load = lambda i: torch.stack([sequence.load_image(f) for f in batches[i]])
+    with Prefetcher(load, next(model.parameters()).device, len(batches)) as ahead:
         for i, frame_ids in enumerate(batches):
-            images = pending.result()
-            if i + 1 < len(batches):
-                pending = pool.submit(load, batches[i + 1])
+            images = ahead.get(i)
             for frame, det in zip(frame_ids, detect_and_embed(model, images, max_size, embedder)):
                 boxes, scores, ids, labels = tracker.update(frame, det["boxes"], det["scores"], det["embeds"],
                                                             det["labels"], return_labels=True)
