@@ -67,7 +67,7 @@ def _visualize(args: argparse.Namespace) -> None:
                                 class_map=args.class_map, require_images=True, require_gt=args.gt)
     dirs = [args.results] + ([args.compare] if args.compare else [])
     result_sets = {title: read_results(d, sequences) for title, d in zip(panel_titles(dirs), dirs)}
-    provenance = {"data": str(args.data.resolve()), "split": args.split, **dataset_options(args.images, args.classes),
+    provenance = {"data": str(args.data.resolve()), "split": args.split, **dataset_options(args.images, args.classes, args.class_map),
                   "results": [str(d.resolve()) for d in dirs], **dataclasses.asdict(config)}
     claim_output_dir(args.out, "visualize", provenance, [f"{s.name}.{config.format}" for s in sequences])
     paths = write_videos(sequences, result_sets, args.out, config, show_progress=not args.quiet)
@@ -132,7 +132,7 @@ def _track(args: argparse.Namespace) -> None:
     scalabel = not all(isinstance(seq, MotSequence) for seq in sequences)  # BDD100K/SHIFT: also their format
     provenance = {"checkpoint": str(args.checkpoint.resolve()), "checkpoint_sha256": file_sha256(args.checkpoint),
                   "data": str(args.data.resolve()), "split": args.split, "max_size": args.max_size,
-                  **dataset_options(args.images, args.classes), **_tracker_params(args)}
+                  **dataset_options(args.images, args.classes, args.class_map), **_tracker_params(args)}
     outputs = [f"{seq.name}.txt" for seq in sequences] + ["metrics.json"]
     outputs += [f"scalabel/{seq.name}.json" for seq in sequences] if scalabel else []
     claim_output_dir(args.out, "track", provenance, outputs, inputs=[args.checkpoint])
@@ -181,7 +181,8 @@ def _train_source(args: argparse.Namespace) -> None:
     device = _device(args.device)
     fields = {k: getattr(args, k) for k in SourceTrainConfig.__dataclass_fields__ if getattr(args, k, None) is not None}
     final = train_source(args.data, args.out, SourceTrainConfig(**fields), split=args.split,
-                         resume=not args.no_resume, show_progress=not args.quiet, device=device)
+                         resume=not args.no_resume, show_progress=not args.quiet, device=device,
+                         images=args.images, classes=args.classes, class_map=args.class_map)
     print(f"final checkpoint: {final}")
 
 
@@ -260,7 +261,7 @@ def _adapt(args: argparse.Namespace) -> None:
     summary = adapt(args.source, args.target, args.out, config, split=args.split,
                     checkpoint_every=args.checkpoint_every, tracker_params=tracker,
                     resume=not args.no_resume, evaluate_source=args.compare_source, show_progress=not args.quiet,
-                    device=device, images=args.images, classes=classes)
+                    device=device, images=args.images, classes=classes, class_map=args.class_map)
     print(f"adapted student: {summary['final_checkpoint']}")
     if "metrics" in summary:
         if "source_metrics" in summary:
@@ -358,8 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/last.pt periodically and OUT/final.pt at the end (atomic); rerunning with "
                                    "the same --out resumes from OUT/last.pt (other data, split or training "
                                    "settings are refused, naming each change).")
-    p.add_argument("--data", type=Path, required=True, help="dataset root or split directory with gt")
-    p.add_argument("--split", default=None, help="split under --data (e.g. train)")
+    p.add_argument("--data", type=Path, required=True, help="the labelled sequences (see the dataset options)")
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints and train_log.jsonl")
     p.add_argument("--model", choices=("small", "r50_fpn"), default=None, help="model configuration (small)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="passes over the frames (12)")
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUT/last.pt exists (never in another command's --out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataset_options(p, "--data")
     p.set_defaults(handler=_train_source)
 
     p = sub.add_parser("track", help="track sequences with a checkpoint and write MOTChallenge results",

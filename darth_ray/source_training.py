@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from darth_ray.data.dataset import load_dataset
+from darth_ray.data.dataset import dataset_options, load_dataset
 from darth_ray.data.mot import Sequence
 from darth_ray.data.photometric import PhotometricRanges, apply_colour, colour_transform
 from darth_ray.data.sampling import sample_frame_pairs
@@ -118,23 +118,24 @@ def _lr_factor(step: int, total: int, cfg: SourceTrainConfig) -> float:
 
 
 def _provenance(data_dir: Path, split: str | None, cfg: SourceTrainConfig, images: Path | None = None,
-                classes: list[str] | None = None) -> dict:
+                classes: list[str] | None = None, class_map: dict[str, str] | None = None) -> dict:
     """What a training's result depends on; how often it checkpoints changes nothing it computes. An image root
     and a class choice count when given (runs without them keep the record they always had)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}
-    chosen = {"images": str(Path(images).resolve()) if images else None, "classes": classes}
     return {"data": str(Path(data_dir).resolve()), "split": split, **settings,
-            **{k: v for k, v in chosen.items() if v is not None}}
+            **dataset_options(images, classes, class_map)}
 
 
 def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceTrainConfig(),
                  split: str | None = None, resume: bool = True, show_progress: bool = True,
-                 images: Path | None = None, classes: list[str] | None = None, device: str = "cpu") -> Path:
+                 images: Path | None = None, classes: list[str] | None = None,
+                 class_map: dict[str, str] | None = None, device: str = "cpu") -> Path:
     """Train on every labelled sequence of `data_dir` (any dataset `load_dataset` reads, with its `split`, `images`
     and `classes`) on `device`; returns `out_dir/final.pt`. The model gets one class per dataset class (cfg.model's
     architecture otherwise); the checkpoint records the class names."""
     out_dir = Path(out_dir)
-    sequences, class_names = load_dataset(data_dir, split, images, classes, require_images=True, require_gt=True)
+    sequences, class_names = load_dataset(data_dir, split, images, classes, class_map, require_images=True,
+                                          require_gt=True)
     seqs = {s.name: s for s in sequences}
     counts = frame_counts(sequences)
     steps_per_epoch = max(1, sum(counts.values()) // cfg.batch_size)
@@ -149,7 +150,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
     photometric = PhotometricRanges(photometric_prob=cfg.photometric_prob)
     step = 0
     last = out_dir / RESUME_FILE
-    provenance = _provenance(data_dir, split, cfg, images, classes)
+    provenance = _provenance(data_dir, split, cfg, images, classes, class_map)
     if claim_output_dir(out_dir, "train-source", provenance, TRAIN_SOURCE_OUTPUTS, resume=resume,
                         defaults=_provenance(data_dir, split, SourceTrainConfig())):
         model, state = load_checkpoint(last, map_location=device)

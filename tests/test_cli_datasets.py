@@ -38,3 +38,20 @@ def test_bad_class_map_names_the_flag(capsys):
         main(["evaluate", "--gt", str(SAMPLE / "labels"), "--results", str(SAMPLE / "labels"), "--class-map", "car"])
     assert e.value.code == 2
     assert "--class-map" in capsys.readouterr().err
+
+
+def test_train_source_takes_the_dataset_options(tmp_path):
+    """--images/--classes/--class-map reach the reader and the run's provenance (a resume with another choice is
+    refused); an unknown class in --class-map is an error naming it, before any training."""
+    coco = SAMPLE / "annotations" / "box_track_debug_cocofmt.json"
+    out = tmp_path / "src"
+    data = ["--data", str(coco), "--images", str(SAMPLE / "images"), "--classes", "person", "car"]
+    run_args = ["--max-steps", "1", "--model", "small", "-q"]
+    assert main(["train-source", *data, "--class-map", "person=pedestrian", "--out", str(out), *run_args]) == 0
+    run = json.loads((out / "darth_run.json").read_text())["provenance"]
+    assert run["classes"] == ["person", "car"] and run["class_map"] == {"person": "pedestrian"}
+    import torch
+
+    assert torch.load(out / "final.pt", weights_only=True)["model_config"]["num_classes"] == 2
+    bad = ["train-source", *data, "--class-map", "rider=cyclist", "--out", str(tmp_path / "bad"), *run_args]
+    assert main(bad) == 2 and not (tmp_path / "bad" / "final.pt").exists()

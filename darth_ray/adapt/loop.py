@@ -148,9 +148,10 @@ class AdaptationRun:
 def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = DarthConfig(), split: str | None = None,
           checkpoint_every: int = CHECKPOINT_EVERY, tracker_params: dict | None = None, resume: bool = True,
           evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu",
-          images: Path | None = None, classes: list[str] | None = None) -> dict:
+          images: Path | None = None, classes: list[str] | None = None,
+          class_map: dict[str, str] | None = None) -> dict:
     """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student. `target` is
-    any dataset `load_dataset` reads (with `images` and `classes` for the JSON formats).
+    any dataset `load_dataset` reads (with `images`, `classes` and `class_map`).
 
     Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
     OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses), OUT/plots/ (losses.png,
@@ -158,11 +159,12 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     split, config; a resume must match it).
     """
     out_dir = Path(out_dir)
-    sequences, _ = load_dataset(target, split=split, images=images, classes=classes, require_images=True)
+    sequences, _ = load_dataset(target, split=split, images=images, classes=classes, class_map=class_map,
+                                require_images=True)
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     run = AdaptationRun(source, sequences, frames, config, device=device)
     provenance = {"source": str(Path(source).resolve()), "source_sha256": file_sha256(source),
-                  "target": str(Path(target).resolve()), "split": split, **dataset_options(images, classes),
+                  "target": str(Path(target).resolve()), "split": split, **dataset_options(images, classes, class_map),
                   **config.to_dict()}
     resuming = claim_output_dir(out_dir, "adapt", provenance, ADAPT_OUTPUTS, inputs=[source], resume=resume,
                                 defaults=DarthConfig().to_dict())

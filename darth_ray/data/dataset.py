@@ -43,11 +43,11 @@ def load_dataset(path: Path, split: str | None = None, images: Path | None = Non
     return sequences, names
 
 
-def dataset_options(images: Path | None, classes: list[str] | None) -> dict:
+def dataset_options(images: Path | None, classes: list[str] | None, class_map: dict[str, str] | None = None) -> dict:
     """The reading options a result depends on, for a run's provenance (empty when none is given, so runs
     recorded before these options existed still match)."""
     return {**({"images": str(Path(images).resolve())} if images else {}),
-            **({"classes": list(classes)} if classes else {})}
+            **({"classes": list(classes)} if classes else {}), **({"class_map": dict(class_map)} if class_map else {})}
 
 
 def _is_mot(path: Path, split: str | None) -> bool:
