@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"hyperparameters to search (default: all): {', '.join(KNOBS)}")
     g.add_argument("--max-failures", type=at_least(-1), default=1,
                    help="worker-group restarts per trial (1; -1: no limit)")
+    g.add_argument("--keep-checkpoints", type=at_least(1), default=3,
+                   help="checkpoints kept per trial, the newest (3; PBT clones trials from them)")
     g.add_argument("--no-resume", action="store_true",
                    help="start a new experiment even if one exists (the old one moves to <name>.<date-time>)")
     g = p.add_argument_group("Ray and W&B")
@@ -205,6 +207,7 @@ def main(argv=None) -> int:
                                workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
                                num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
                                scheduler=args.scheduler, search=args.search, max_failures=args.max_failures,
+                               keep_checkpoints=args.keep_checkpoints,
                                seed=args.seed, wandb={"mode": args.wandb_mode, "project": args.wandb_project})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

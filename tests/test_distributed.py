@@ -297,7 +297,7 @@ def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(tiny, tmp_
     exp = ExperimentConfig(name="pbt", storage_path=str(tmp_path), scheduler="pbt", num_samples=2,
                            max_concurrent_trials=2, search_space={"darth": {"lr": tune.loguniform(1e-4, 1e-2)}},
                            loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}),
-                           wandb={"mode": "offline"})
+                           keep_checkpoints=5, wandb={"mode": "offline"})
     grid = run_experiment(exp)
     assert len(grid) == 2 and not grid.errors
     rows = {Path(r.path): [json.loads(line) for line in (Path(r.path) / "result.json").read_text().splitlines()]
@@ -311,6 +311,13 @@ def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(tiny, tmp_
     after = [r for r in rows[clone] if r["start_from"] == start]
     assert [r["step"] for r in before] == list(range(1, len(before) + 1))  # Tune may not log the paused step 6
     assert [r["step"] for r in after] == list(range(7, 13))
+    # Disk stays bounded: Tune keeps a trial's newest five checkpoints (the donor reported seven), each Train run its
+    # newest two.
+    def checkpoints(folder):
+        return [p for p in folder.glob("checkpoint_*") if p.is_dir()]
+    assert [len(checkpoints(trial)) for trial in rows] == [5, 5]
+    assert not (donor / "checkpoint_000000").exists()
+    assert max(len(checkpoints(run)) for run in (tmp_path / "pbt" / "train").iterdir() if run.is_dir()) == 2
     assert after[0]["resumed_from_step"] == 6
     old_lr, new_lr = before[0]["config"]["darth"]["lr"], after[0]["config"]["darth"]["lr"]
     assert new_lr != old_lr and 1e-4 <= new_lr <= 1e-2

@@ -121,6 +121,7 @@ class ExperimentConfig:
     scheduler: str = "asha"                # one of SCHEDULERS
     search: str = "random"                 # "random" or "optuna"
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
+    keep_checkpoints: int = 3              # per trial, the newest (PBT clones from them; Ray warns below 3)
     seed: int = 0
     wandb: dict | None = field(default_factory=lambda: {"mode": None})
 
@@ -129,6 +130,7 @@ class ExperimentConfig:
             raise ValueError(f"storage_path must be absolute, got {self.storage_path!r}")
         for name, ok in (("workers_per_trial", self.workers_per_trial >= 1), ("num_samples", self.num_samples >= 1),
                          ("gpus_per_worker", self.gpus_per_worker >= 0), ("max_failures", self.max_failures >= -1),
+                         ("keep_checkpoints", self.keep_checkpoints >= 1),
                          ("scheduler", self.scheduler in SCHEDULERS),
                          ("search", self.search in ("random", "optuna"))):
             if not ok:
@@ -320,6 +322,12 @@ def trial_scheduler(exp: "ExperimentConfig"):
     return None
 
 
+def at_last_epoch(trial_id: str, result: dict) -> bool:
+    """Tune's stop condition under PBT: a trial's last evaluation ends it, before PBT would clone a better trial's
+    final weights into it (a restart with nothing left to train)."""
+    return result.get("epoch", 0) >= result["config"]["darth"]["epochs"]
+
+
 def clamp_to_space(config: dict, space: Mapping) -> dict:
     """PBT's perturbations (x0.8, x1.2) can leave a range (conf_thr 0.85 x 1.2): back to its bound."""
     from ray.tune.search.sample import Float, Integer
@@ -382,6 +390,8 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
                                     scheduler=trial_scheduler(exp), search_alg=search_alg,
                                     max_concurrent_trials=exp.max_concurrent_trials),
         run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  stop=at_last_epoch if exp.scheduler == "pbt" else None,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=exp.keep_checkpoints)),
     )
     return tuner.fit()
