@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import darth_ray.adapt.darth as darth_module
+import darth_ray.adapt.teacher_student as teacher_student_module
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.loop import AdaptationRun
 from darth_ray.data.mot import load_sequences
@@ -59,16 +60,16 @@ def main() -> None:
         seq = sequences[0]
 
         def pseudo_labels(frames_batch):
-            run.darth.teacher_pseudo_labels_original(frames_batch)  # keep its cost in the measurement
+            run.method.teacher_pseudo_labels_original(frames_batch)  # keep its cost in the measurement
             picks = run.batch_frames(run.step)
             return [torch.as_tensor(seq.targets(f)["boxes"], dtype=torch.float32) for _, f in picks]
 
-        run.darth.teacher_pseudo_labels_original = run.darth.pseudo_labels
-        run.darth.pseudo_labels = pseudo_labels
-    run.darth.pseudo_labels = timed("teacher pseudo-labels", run.darth.pseudo_labels)
+        run.method.teacher_pseudo_labels_original = run.method.pseudo_labels
+        run.method.pseudo_labels = pseudo_labels
+    run.method.pseudo_labels = timed("teacher pseudo-labels", run.method.pseudo_labels)
     darth_module.build_views = timed("view building", darth_module.build_views)
     darth_module.assign_and_sample = timed("proposal sampling", darth_module.assign_and_sample)
-    darth_module.ema_update = timed("EMA update", darth_module.ema_update)
+    teacher_student_module.ema_update = timed("EMA update", teacher_student_module.ema_update)
     run.frames_ahead.get = timed("frame loading", run.frames_ahead.get)  # what decoding ahead leaves to wait for
 
     run.run_step()  # warm-up

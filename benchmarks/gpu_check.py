@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import darth_ray.adapt.darth as darth_module  # noqa: E402
+import darth_ray.adapt.teacher_student as teacher_student_module  # noqa: E402
 from darth_ray.adapt.config import DarthConfig  # noqa: E402
 from darth_ray.adapt.darth import Darth  # noqa: E402
 from darth_ray.adapt.loop import AdaptationRun  # noqa: E402
@@ -154,7 +155,10 @@ def measure_darth(source: Path, data: Path, config: DarthConfig, device: torch.d
     return result
 
 
-_ORIGINALS = {name: getattr(darth_module, name) for name in ("build_views", "assign_and_sample", "ema_update")}
+# (module, function, label): the pieces of a DARTH step outside the model, timed by wrapping them where called.
+_PIECES = ((darth_module, "build_views", "view building"), (darth_module, "assign_and_sample", "proposal sampling"),
+           (teacher_student_module, "ema_update", "EMA update"))
+_ORIGINALS = {(module, name): getattr(module, name) for module, name, _ in _PIECES}
 
 
 def _timed_pieces(run: AdaptationRun, device: torch.device) -> dict[str, float]:
@@ -172,16 +176,15 @@ def _timed_pieces(run: AdaptationRun, device: torch.device) -> dict[str, float]:
                 times[name] += time.perf_counter() - t0
         return wrapper
 
-    for name, label in (("build_views", "view building"), ("assign_and_sample", "proposal sampling"),
-                        ("ema_update", "EMA update")):
-        setattr(darth_module, name, timed(label, _ORIGINALS[name]))
+    for module, name, label in _PIECES:
+        setattr(module, name, timed(label, _ORIGINALS[module, name]))
     run.frames_ahead.get = timed("waiting for frames", run.frames_ahead.get)
     return times
 
 
 def _restore_pieces() -> None:
-    for name, fn in _ORIGINALS.items():
-        setattr(darth_module, name, fn)
+    for (module, name), fn in _ORIGINALS.items():
+        setattr(module, name, fn)
 
 
 def loss_difference(source: Path, data: Path, config: DarthConfig, device: torch.device) -> dict:

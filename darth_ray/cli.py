@@ -5,7 +5,7 @@
     darth-ray visualize    draw tracker results as one video per sequence (side by side with --compare)
     darth-ray train-source supervised QDTrack training on a labelled (source) domain
     darth-ray track        run a checkpoint + QuasiDenseTracker over sequences, write MOTChallenge results
-    darth-ray adapt        DARTH test-time adaptation of a source checkpoint on unlabeled target sequences
+    darth-ray adapt        test-time adaptation (DARTH or --method) of a source checkpoint on unlabeled targets
     darth-ray convert-mmtrack  import an mmtrack 0.14 QDTrack checkpoint into the r50_fpn model
     darth-ray config show  the darth_ray configuration an mmtrack/DARTH config file resolves to
 
@@ -243,6 +243,7 @@ def _adapt(args: argparse.Namespace) -> None:
 
     from darth_ray.adapt.config import DarthConfig
     from darth_ray.adapt.loop import adapt
+    from darth_ray.adapt.methods import METHODS
     from darth_ray.eval.metrics import format_table
 
     if args.threads:
@@ -266,7 +267,7 @@ def _adapt(args: argparse.Namespace) -> None:
     if "metrics" in summary:
         if "source_metrics" in summary:
             print("source model:\n" + format_table(summary["source_metrics"]))
-        print("DARTH:\n" + format_table(summary["metrics"]))
+        print(f"{METHODS[config.method].title}:\n" + format_table(summary["metrics"]))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
 
 
@@ -397,9 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracker_options(p)
     p.set_defaults(handler=_track)
 
-    p = sub.add_parser("adapt", help="DARTH test-time adaptation on unlabeled target sequences",
+    from darth_ray.adapt.methods import METHODS
+    p = sub.add_parser("adapt", help="test-time adaptation (DARTH by default) on unlabeled target sequences",
                        description="Adapts a source checkpoint to the target sequences (no labels used) for "
-                                   "--epochs epochs, then tracks them with the adapted student. Writes "
+                                   f"--epochs epochs with --method ({', '.join(METHODS)}; default darth), then "
+                                   "tracks them with the adapted student. Writes "
                                    "OUT/final.pt (loadable by `track`), OUT/last.pt (full state; a rerun with the "
                                    "same source checkpoint content, target, split and settings resumes from it), "
                                    "OUT/adapt_log.jsonl (per-step losses), and, "

@@ -94,17 +94,21 @@ def _load_pair_batch(seqs: dict[str, Sequence], pairs, flip: torch.Tensor, colou
     return torch.stack(images), targets
 
 
-def qdtrack_losses(model, images: torch.Tensor, targets: list[dict], num_pairs: int) -> dict[str, torch.Tensor]:
-    """All supervised losses for `num_pairs` key frames followed by their `num_pairs` reference frames."""
-    sizes = [tuple(images.shape[-2:])] * len(images)
-    feats = model.features(model.normalize(images))
+def qdtrack_losses(model, images: torch.Tensor, targets: list[dict], num_pairs: int,
+                   image_sizes: list[tuple[int, int]] | None = None,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """All supervised losses for `num_pairs` key frames followed by their `num_pairs` reference frames.
+    `image_sizes` (h, w): each image's content in a padded batch (None: all of it); `generator` draws the track
+    head's proposal samples (None: the global RNG)."""
+    sizes = image_sizes or [tuple(images.shape[-2:])] * len(images)
+    feats = model.features(model.normalize(images, image_sizes))
     logits, deltas = model.rpn_head(feats)
     proposals = model.proposals(feats, logits, deltas, sizes)
     key = slice(0, num_pairs)
     pick = lambda xs: [x[key] for x in xs]
     losses = model.detection_losses(pick(feats), pick(logits), pick(deltas), proposals[key], targets[key],
                                     sizes[key])
-    samples = [assign_and_sample(p.detach(), t["boxes"].to(p.device), t["ids"].to(p.device))
+    samples = [assign_and_sample(p.detach(), t["boxes"].to(p.device), t["ids"].to(p.device), generator=generator)
                for p, t in zip(proposals, targets)]
     embeds = model.embed(feats, [s.boxes for s in samples])
     losses.update(track_losses(embeds[key], samples[key], embeds[num_pairs:], samples[num_pairs:]))

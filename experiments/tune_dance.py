@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))  # `ray job submit --working-dir .` runs this file
 
 from ray import tune  # noqa: E402
 
+from darth_ray.adapt.methods import METHODS  # noqa: E402
 from darth_ray.io import InputError, atomic_write_json  # noqa: E402
 
 log = logging.getLogger("tune_dance")
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", default=None, help="experiment name (default: darth-<target>)")
     g.add_argument("--num-samples", type=at_least(1), default=EMBEDDED["num_samples"], help="trials (4)")
     g.add_argument("--epochs", type=at_least(1), default=EMBEDDED["epochs"], help="DARTH epochs per trial (2)")
+    g.add_argument("--method", choices=tuple(METHODS), help="adaptation method of every trial (darth)")
     g.add_argument("--workers-per-trial", type=at_least(1), default=1, help="Ray Train workers per trial (1)")
     g.add_argument("--gpus-per-worker", type=at_least(0, float), default=0.0, help="GPUs per Train worker (0)")
     g.add_argument("--threads-per-worker", type=at_least(1), default=1,
@@ -167,7 +169,8 @@ def embedded_inputs(args) -> tuple[Path, Path]:
 def base_darth_config(args) -> dict:
     """What every trial starts from (the searched knobs override it): the epochs and seed asked for, on the
     embedded benchmark also its DARTH settings."""
-    darth = {"epochs": args.epochs, "lr_steps": (max(args.epochs - 1, 1),), "seed": args.seed}
+    darth = {"epochs": args.epochs, "lr_steps": (max(args.epochs - 1, 1),), "seed": args.seed,
+             **({"method": args.method} if args.method else {})}
     if args.data is None:
         from darth_ray.embedded import DARTH_SETTINGS
 

@@ -35,8 +35,8 @@ def test_lr_scales_linearly_with_the_total_batch(tiny):
     from darth_ray.data.mot import load_sequences
     sequences = load_sequences(tiny / "bench" / "night", split="val")
     run = AdaptationRun(tiny / "source.pt", sequences, [(sequences[0].name, 1)], DarthConfig(lr=0.004), workers=2)
-    assert run.darth.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)
-    assert run.darth.ema_momentum == pytest.approx(1 - (1 - 0.002) ** (2 * 2 / 16))
+    assert run.method.optimizer.param_groups[0]["lr"] == pytest.approx(0.004 * 2 * 2 / 16)
+    assert run.method.ema_momentum == pytest.approx(1 - (1 - 0.002) ** (2 * 2 / 16))
     assert DarthConfig(scale_to_batch=False).scaled_lr(workers=3) == 0.002
 
 

@@ -74,9 +74,9 @@ def test_resume_continues_exactly(tiny, tmp_path):
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
     assert resumed.step == 2 and resumed.batch_frames(2) == straight.batch_frames(2)
     resumed.run_step()
-    for (name, a), b in zip(straight.darth.student.state_dict().items(), resumed.darth.student.state_dict().values()):
+    for (name, a), b in zip(straight.method.student.state_dict().items(), resumed.method.student.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    for a, b in zip(straight.darth.teacher.state_dict().values(), resumed.darth.teacher.state_dict().values()):
+    for a, b in zip(straight.method.teacher.state_dict().values(), resumed.method.teacher.state_dict().values()):
         assert torch.equal(a, b)
 
 

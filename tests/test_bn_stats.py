@@ -68,12 +68,12 @@ def test_adaptation_starts_from_target_statistics_once(tiny, tmp_path):
     sequences = load_sequences(tiny / "bench" / "night", split="val")
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     run = AdaptationRun(tiny / "source.pt", sequences, frames, DarthConfig(epochs=1, target_bn_stats=True))
-    bn = run.darth.student.backbone.bn1
+    bn = run.method.student.backbone.bn1
     source_mean = bn.running_mean.clone()
     run.run_step()  # a step never estimates statistics as a side effect
     assert torch.equal(bn.running_mean, source_mean)
     run = AdaptationRun(tiny / "source.pt", sequences, frames, DarthConfig(epochs=1, target_bn_stats=True))
-    bn = run.darth.student.backbone.bn1
+    bn = run.method.student.backbone.bn1
     assert run.use_target_bn_statistics() == len(frames)
     run.run_step()
     first = bn.running_mean.clone()
@@ -81,10 +81,10 @@ def test_adaptation_starts_from_target_statistics_once(tiny, tmp_path):
     # the stem sees normalised frames only, so its statistics are those of the target frames through conv1
     stacked = run.load_frames(frames).float()
     with torch.no_grad():
-        stem = run.darth.student.backbone.conv1(run.darth.student.normalize(stacked))
+        stem = run.method.student.backbone.conv1(run.method.student.normalize(stacked))
     torch.testing.assert_close(first, stem.mean((0, 2, 3)), rtol=1e-4, atol=1e-4)
-    teacher = run.darth.teacher.state_dict()
-    for name, value in run.darth.student.state_dict().items():
+    teacher = run.method.teacher.state_dict()
+    for name, value in run.method.student.state_dict().items():
         if "running" in name:
             torch.testing.assert_close(teacher[name], value, msg=name)  # BN frozen: EMA keeps them equal
     run.run_step()
@@ -93,16 +93,16 @@ def test_adaptation_starts_from_target_statistics_once(tiny, tmp_path):
     resumed = AdaptationRun(tiny / "source.pt", sequences, frames, DarthConfig(epochs=1, target_bn_stats=True))
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
     resumed.run_step()
-    assert torch.equal(resumed.darth.student.backbone.bn1.running_mean, first)
+    assert torch.equal(resumed.method.student.backbone.bn1.running_mean, first)
 
 
 def test_off_by_default_keeps_source_statistics(tiny):
     sequences = load_sequences(tiny / "bench" / "night", split="val")
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     run = AdaptationRun(tiny / "source.pt", sequences, frames, DarthConfig(epochs=1))
-    before = run.darth.student.backbone.bn1.running_mean.clone()
+    before = run.method.student.backbone.bn1.running_mean.clone()
     run.run_step()
-    assert torch.equal(run.darth.student.backbone.bn1.running_mean, before)
+    assert torch.equal(run.method.student.backbone.bn1.running_mean, before)
 
 
 def test_adapt_estimates_target_statistics_before_its_first_step_only(tiny, tmp_path, monkeypatch):

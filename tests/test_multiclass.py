@@ -104,16 +104,16 @@ def test_two_class_benchmark_trains_adapts_and_is_scored_per_class(tmp_path):
     frames = [(s.name, f) for s in target for f in range(1, s.num_frames + 1)]
     # after 6 steps both classes score about 0.2 (the background the rest): low thresholds let both through
     run = AdaptationRun(final, target, frames, DarthConfig(epochs=1, conf_thr=0.15))
-    pseudo = run.darth.pseudo_detections(run.load_frames(frames[:2]))
+    pseudo = run.method.pseudo_detections(run.load_frames(frames[:2]))
     assert all((d["scores"] > 0.15).all() for d in pseudo)
     assert set(torch.cat([d["labels"] for d in pseudo]).tolist()) == {0, 1}  # each keeps its class
-    before = {k: v.clone() for k, v in run.darth.student.state_dict().items()}
+    before = {k: v.clone() for k, v in run.method.student.state_dict().items()}
     while run.step < run.total_steps:
         losses = run.run_step()
         assert np.isfinite(losses["loss_total"]) and losses["loss_contrastive"] > 0
-    assert run.step == 3 and any(not torch.equal(v, run.darth.student.state_dict()[k]) for k, v in before.items())
+    assert run.step == 3 and any(not torch.equal(v, run.method.student.state_dict()[k]) for k, v in before.items())
 
-    student = run.darth.student.eval()
+    student = run.method.student.eval()
     results = track_sequences(student, target, tmp_path / "results", {"init_score_thr": 0.15, "obj_score_thr": 0.15},
                               show_progress=False)
     (r,) = results.values()

@@ -1,4 +1,5 @@
-"""Every DARTH knob (what Ray Tune searches) and the adaptation loop's settings, in one frozen dataclass.
+"""Every DARTH knob (what Ray Tune searches), the adaptation method and the loop's settings, in one frozen
+dataclass.
 
 Defaults are the published configuration (mattiasegu/darth,
 ``configs/adapters/darth/darth_qdtrack_faster_rcnn_r50_fpn_4e_base.py`` and mmtrack's ``SeqPhotoMetricDistortion``;
@@ -37,6 +38,9 @@ class AugmentationRanges(PhotometricRanges):
 
 @dataclass(frozen=True)
 class DarthConfig:
+    # The test-time adaptation method (darth_ray/adapt/methods.py: source, adabn, tent, mean_teacher, kd, darth);
+    # the fields below are its settings, each method reading those it uses.
+    method: str = "darth"
     # View augmentation (DARTH.md "Teacher view" / "Student view" / "Contrastive view").
     aug_strength: float = 1.0
     scale_range: tuple[float, float] = (0.8, 1.2)
@@ -190,6 +194,10 @@ def _problems(c: DarthConfig) -> list[str]:
         if size is not None and not (isinstance(size, tuple) and len(size) == 2
                                      and all(integer(x) and x >= low for x in size)):
             p.append(f"{name} must be None or (w, h) of ints >= {low}, got {size!r}")
+    from darth_ray.adapt.methods import METHODS  # here, not at the top: the methods import this module
+
+    if c.method not in METHODS:
+        p.append(f"method must be one of {', '.join(METHODS)}, got {c.method!r}")
     if c.amp not in AMP_MODES:
         p.append(f"amp must be one of {', '.join(AMP_MODES)}, got {c.amp!r}")
     if c.photometric_impl not in PHOTOMETRIC_IMPLS:

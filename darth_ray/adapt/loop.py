@@ -1,6 +1,6 @@
-"""The adaptation loop around `Darth.step`: which frames each step sees, learning-rate schedule, checkpoints,
-resume, and the final evaluation of the adapted student. Single process here (`darth-ray adapt`); the Ray Train
-worker drives the same `AdaptationRun` on its shard of the frames.
+"""The adaptation loop around a method's `step` (DarthConfig.method, adapt/methods.py): which frames each step
+sees, learning-rate schedule, checkpoints, resume, and the final evaluation of the adapted student. Single process
+here (`darth-ray adapt`); the Ray Train worker drives the same `AdaptationRun` on its shard of the frames.
 
 Batches are a pure function of (seed, epoch, step): the frame order of an epoch is a permutation seeded by
 (seed, epoch) and the view randomness of a step a generator seeded by (seed, rank, step). A run resumed from a
@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from darth_ray.adapt.config import DarthConfig
-from darth_ray.adapt.darth import Darth
+from darth_ray.adapt.methods import METHODS
 from darth_ray.data.dataset import dataset_options, load_dataset
 from darth_ray.data.mot import Sequence
 from darth_ray.data.prefetch import Prefetcher
@@ -40,30 +40,31 @@ ADAPT_OUTPUTS = (RESUME_FILE, "final.pt", "adapt_log.jsonl", "results", "metrics
 
 
 class AdaptationRun:
-    """DARTH over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps."""
+    """config.method over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps."""
 
     def __init__(self, source: Path, sequences: list[Sequence], frames: list[tuple[str, int]], config: DarthConfig,
                  steps_per_epoch: int | None = None, rank: int = 0, workers: int = 1, device: str = "cpu",
                  stats_sync: Callable[[list[torch.Tensor]], None] | None = None):
         """`workers` data-parallel processes of `config.frames_per_batch` frames each set lr and EMA momentum (the
-        batch rule); their gradients are averaged by whoever set them up (hooks on `self.darth.params`)."""
+        batch rule); their gradients are averaged by whoever set them up (hooks on `self.method.params`)."""
         if not frames:
             raise ValueError("no target frames to adapt on")
         source_model, _ = load_checkpoint(source, map_location=device)
         self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
-        self.darth = Darth.from_source(source_model.to(device), config, lr=config.scaled_lr(workers),
-                                       ema_momentum=config.scaled_ema_momentum(workers))
+        self.method = METHODS[config.method].from_source(source_model.to(device), config, workers=workers)
         self.stats_sync = stats_sync  # averages tensors across workers (target BN statistics)
         self.sequences = {s.name: s for s in sequences}
         self.frames = frames
         self.steps_per_epoch = steps_per_epoch or max(1, len(frames) // config.frames_per_batch)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.step = 0
-        self.frames_ahead = Prefetcher(lambda step: self.read_frames(self.batch_frames(step)), device,
-                                       self.total_steps)
-        # mmcv's step policy (lr x gamma at each epoch in lr_steps) with its linear warm-up
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.darth.optimizer, lambda s: config.lr_factor(s, self.steps_per_epoch))
+        self.frames_ahead, self.scheduler = None, None  # a method that learns nothing needs neither
+        if self.method.learns:
+            self.frames_ahead = Prefetcher(lambda step: self.read_frames(self.batch_frames(step)), device,
+                                           self.total_steps)
+        if self.method.optimizer:  # mmcv's step policy (lr x gamma at each epoch in lr_steps), linear warm-up
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.method.optimizer, lambda s: config.lr_factor(s, self.steps_per_epoch))
 
     @property
     def epoch(self) -> int:
@@ -93,45 +94,50 @@ class AdaptationRun:
 
     def use_target_bn_statistics(self) -> int:
         """Student and teacher BN statistics from one pass over this run's frames (pooled across workers). Before
-        the first step, when config.target_bn_stats; a resumed run has them in its checkpoint."""
+        the first step, when the method asks for them; a resumed run has them in its checkpoint."""
         chunks = [self.frames[i:i + 4] for i in range(0, len(self.frames), 4)]
         ahead = Prefetcher(lambda i: self.read_frames(chunks[i]), self.device, len(chunks))
         batches = (ahead.get(i) for i in range(len(chunks)))
         try:
-            seen = self.darth.use_target_bn_statistics(batches, self.stats_sync)
+            seen = self.method.use_target_bn_statistics(batches, self.stats_sync)
         finally:
             ahead.close()
         log.info("BatchNorm statistics re-estimated on %d target frames", seen)
         return seen
 
     def run_step(self) -> dict[str, float]:
-        frames = self.frames_ahead.get(self.step)
+        frames = self.frames_ahead.get(self.step) if self.frames_ahead else None
         # A CPU generator on every device: the proposal sampler's randperm needs one, and a step draws the same
         # views on the CPU and on a GPU.
         generator = torch.Generator().manual_seed(
             (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
         t0 = time.perf_counter()
-        losses = self.darth.step(frames, generator)
-        self.scheduler.step()
+        losses = self.method.step(frames, generator)
+        if self.scheduler:
+            self.scheduler.step()
+            losses["lr"] = self.method.optimizer.param_groups[0]["lr"]
         self.step += 1
-        if not math.isfinite(losses["loss_total"]):
-            raise FloatingPointError(f"non-finite DARTH loss at step {self.step}: {losses}")
-        return {**losses, "lr": self.darth.optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite {self.method.title} loss at step {self.step}: {losses}")
+        return {**losses, "step_time": time.perf_counter() - t0}
 
     def state_dict(self) -> dict:
-        return {**self.darth.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step,
+        scheduler = self.scheduler.state_dict() if self.scheduler else None
+        return {**self.method.state_dict(), "scheduler": scheduler, "step": self.step,
                 "rng": {"torch": torch.get_rng_state(), "seed": self.config.seed, "rank": self.rank},
                 "darth_config": self.config.to_dict(), "source": str(self.source_path)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`, with this run's lr (the same on a resume; PBT restarts a donor's state with
         another)."""
-        self.darth.load_state_dict(state)
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state)
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
-        optimizer = self.darth.optimizer
-        lr = optimizer.defaults["lr"]  # what this run's Darth was built with; loading replaced the groups' lr
+        if not self.scheduler:
+            return
+        self.scheduler.load_state_dict(state["scheduler"])
+        optimizer = self.method.optimizer
+        lr = optimizer.defaults["lr"]  # what this run's method was built with; loading replaced the groups' lr
         self.scheduler.base_lrs = [lr] * len(optimizer.param_groups)
         for group in optimizer.param_groups:
             group["initial_lr"], group["lr"] = lr, lr * self.config.lr_factor(self.step, self.steps_per_epoch)
@@ -141,8 +147,8 @@ class AdaptationRun:
 
     def save_student(self, path: Path) -> Path:
         """The adapted student as a plain model checkpoint, loadable by `darth-ray track`."""
-        return save_checkpoint(path, self.darth.student, {"darth_config": self.config.to_dict(), "step": self.step,
-                                                          "source": str(self.source_path)})
+        return save_checkpoint(path, self.method.model_to_evaluate, {
+            "darth_config": self.config.to_dict(), "step": self.step, "source": str(self.source_path)})
 
 
 def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = DarthConfig(), split: str | None = None,
@@ -150,8 +156,8 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
           evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu",
           images: Path | None = None, classes: list[str] | None = None,
           class_map: dict[str, str] | None = None) -> dict:
-    """DARTH on every frame of the target sequences, then tracking + evaluation of the adapted student. `target` is
-    any dataset `load_dataset` reads (with `images`, `classes` and `class_map`).
+    """config.method on every frame of the target sequences, then tracking + evaluation of the adapted student.
+    `target` is any dataset `load_dataset` reads (with `images`, `classes` and `class_map`).
 
     Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
     OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses), OUT/plots/ (losses.png,
@@ -171,16 +177,18 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     last = out_dir / RESUME_FILE
     if resuming:
         run.load_state_dict(read_torch_file(last, device))
-        log.info("resuming DARTH from %s at step %d/%d", last, run.step, run.total_steps)
-    elif config.target_bn_stats:
+        log.info("resuming %s from %s at step %d/%d", run.method.title, last, run.step, run.total_steps)
+    elif run.method.target_bn_stats:
         run.use_target_bn_statistics()
     log_file = out_dir / "adapt_log.jsonl"
-    with tqdm(total=run.total_steps, initial=run.step, unit="step", desc="DARTH", disable=not show_progress) as bar:
+    with tqdm(total=run.total_steps, initial=run.step, unit="step", desc=run.method.title,
+              disable=not show_progress) as bar:
         while run.step < run.total_steps:
             epoch = run.epoch  # of this step; run_step moves run.step (and so run.epoch) on to the next one
             record = run.run_step()
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss_total']:.3f}")
+            if "loss_total" in record:
+                bar.set_postfix(loss=f"{record['loss_total']:.3f}")
             with open(log_file, "a") as f:
                 f.write(json.dumps({"step": run.step, "epoch": epoch, **record}) + "\n")
             if run.step % checkpoint_every == 0 and run.step < run.total_steps:
@@ -190,7 +198,7 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     has_gt = all(s.has_gt for s in sequences)
     summary = {"final_checkpoint": str(final), "steps": run.step}
     if has_gt:
-        student = run.darth.student.eval()
+        student = run.method.model_to_evaluate.eval()
         _, metrics = track_and_score(student, sequences, tracker_params, out_dir / "results", show_progress)
         atomic_write_json(out_dir / "metrics.json", metrics)
         summary["metrics"] = metrics
@@ -200,5 +208,5 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
             atomic_write_json(out_dir / "source_metrics.json", source_metrics)
             summary["source_metrics"] = source_metrics
     atomic_write_json(out_dir / "summary.json", {**summary, "darth_config": config.to_dict()})
-    write_adapt_plots(out_dir)
+    write_adapt_plots(out_dir, run.method.title)
     return summary

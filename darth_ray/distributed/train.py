@@ -196,7 +196,7 @@ def train_func(config: dict) -> str | None:
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
                         rank=rank, workers=world, device=device, stats_sync=average_tensors if world > 1 else None)
     if world > 1:
-        OverlappedAllReduce(run.darth.params)  # its hooks average every backward's gradients
+        OverlappedAllReduce(run.method.params)  # its hooks average every backward's gradients
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
     last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
@@ -209,7 +209,7 @@ def train_func(config: dict) -> str | None:
                 last_eval.update(json.loads((Path(d) / PROGRESS_FILE).read_text()))
         resumed_from = run.step
         log.info("rank %d resumed at step %d/%d", rank, run.step, run.total_steps)
-    elif darth_config.target_bn_stats:
+    elif run.method.target_bn_stats:
         run.use_target_bn_statistics()
 
     if checkpoint is not None and run.step == run.total_steps:  # nothing left (PBT restarted it at its last epoch)
@@ -234,7 +234,7 @@ def train_func(config: dict) -> str | None:
             losses["adapt_frames_per_s"] = frames / elapsed
         evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
         if evaluated:
-            _, scores = evaluate_sharded(run.darth.student, sequences, loop.tracker, rank, world)
+            _, scores = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank, world)
             if scores:
                 best = last_eval["best_HOTA"]
                 last_eval = {k: scores[COMBINED][k] for k in EVAL_METRICS}
@@ -245,7 +245,7 @@ def train_func(config: dict) -> str | None:
         metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval,
                    EVALUATED_KEY: bool(evaluated and scores), "start_from": loop.start_from}
         if done:
-            metrics["ranks_in_sync"] = ranks_in_sync(run.darth.teacher, world)
+            metrics["ranks_in_sync"] = ranks_in_sync(run.method.model_to_evaluate, world)
         save = run.step % loop.checkpoint_every == 0 or end_of_epoch
         if save or run.step % loop.report_every == 0 or evaluated:
             _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)

@@ -284,9 +284,9 @@ class WandbCallback(tune.Callback):
             self.started_from[trial.trial_id] = start
             donor = next((str(t) for t in trials if Path(start).is_relative_to(t.path)), start)
             logger.log_restart(result["resumed_from_step"], donor, trial.config["darth"])
-        if "loss_total" not in result:
-            return
-        logger.log_step(result["step"], {k: v for k, v in result.items() if k.startswith("loss_")}, result["lr"])
+        losses = {k: v for k, v in result.items() if k.startswith("loss_")}
+        if losses:  # none: a method that learns nothing (source, adabn), or a restart with nothing left to do
+            logger.log_step(result["step"], losses, result["lr"])
         if result.get(EVALUATED_KEY):
             logger.log_eval(result["step"], {k: result[k] for k in EVAL_METRICS})
 

@@ -89,16 +89,18 @@ def metrics_figure(runs: dict[str, dict], title: str):
     return fig
 
 
-def write_adapt_plots(out_dir: Path) -> list[Path]:
-    """OUT/plots/losses.png from OUT/adapt_log.jsonl and, when the run was evaluated, OUT/plots/metrics.png from
-    OUT/metrics.json (beside OUT/source_metrics.json when there is one). Returns the files written."""
+def write_adapt_plots(out_dir: Path, method: str = "DARTH") -> list[Path]:
+    """OUT/plots/losses.png from OUT/adapt_log.jsonl (when the method has losses) and, when the run was evaluated,
+    OUT/plots/metrics.png from OUT/metrics.json (beside OUT/source_metrics.json when there is one). Returns the
+    files written."""
     out_dir = Path(out_dir)
     written = []
     log = read_jsonl(out_dir / "adapt_log.jsonl")
-    if log:
-        written.append(save_figure(loss_figure(log, f"DARTH losses: {out_dir.name}"), out_dir / "plots" / "losses.png"))
+    if any(k.startswith("loss") for r in log for k in r):
+        written.append(save_figure(loss_figure(log, f"{method} losses: {out_dir.name}"),
+                                   out_dir / "plots" / "losses.png"))
     if (out_dir / "metrics.json").is_file():
-        runs = {"DARTH": json.loads((out_dir / "metrics.json").read_text())}
+        runs = {method: json.loads((out_dir / "metrics.json").read_text())}
         if (out_dir / "source_metrics.json").is_file():
             runs = {"source": json.loads((out_dir / "source_metrics.json").read_text()), **runs}
         written.append(save_figure(metrics_figure(runs, f"evaluation: {out_dir.name}"),
