@@ -1,4 +1,4 @@
-"""Ray Tune search over DARTH hyperparameters, trials ranked by HOTA.
+"""Ray Tune search over DARTH hyperparameters, trials ranked by HOTA (or mHOTA, the mean over classes).
 
 With no arguments: generate the embedded DanceTrack-like benchmark (cached in runs/benchmark), train a source
 model on its clean domain or reuse the cached one (runs/source/final.pt), then tune DARTH on the `night` target
@@ -6,12 +6,13 @@ domain on a local Ray, sized for a 2-CPU laptop; trials start from the benchmark
 (darth_ray/embedded.py: target BN statistics, geometric views) and the searched knobs override them. On a cluster
 (`ray job submit --working-dir . -- python experiments/tune_dance.py --data /data/DanceTrack --split val --source
 qdtrack_mot17.pt --workers-per-trial 2 --gpus-per-worker 1 --num-samples 32`) the same script runs a real
-experiment.
+experiment; `--data` may be any format darth-ray reads (a BDD100K `box_track_val_cocofmt.json` with `--images`,
+Scalabel labels, a SHIFT view), and `--metric mHOTA` ranks trials by the class-averaged HOTA.
 
 Results: runs/tune/<name>/ (Tune's experiment directory: one folder per trial, resumable), the Train runs with
 their checkpoints under runs/tune/<name>/train/, W&B runs under runs/tune/<name>/wandb/ (offline without an API
-key), runs/tune/<name>/best.json with the ranking, and runs/tune/<name>/report.html with summary.png (HOTA per
-trial over epochs, hyperparameters against HOTA).
+key), runs/tune/<name>/best.json with the ranking, and runs/tune/<name>/report.html with summary.png (--metric per
+trial over epochs, hyperparameters against it).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ KNOBS = tuple(SEARCH_SPACE["darth"])
 
 # Trials of the embedded default, sized for a 2-CPU laptop.
 EMBEDDED = {"epochs": 2, "num_samples": 4}
+# The split without --split: of the embedded benchmark, and of a --data folder that has one of that name.
+DEFAULT_SPLIT = "val"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,20 +76,23 @@ def at_least(low, kind=int):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from darth_ray.cli import _add_dataset_options
     from darth_ray.data.synth import KNOWN_DOMAINS
+    from darth_ray.distributed.train import RANKING_METRICS
     from darth_ray.distributed.tune import SCHEDULERS
 
     p = _Parser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data and model")
-    g.add_argument("--data", type=Path, help="target dataset root (DanceTrack layout); default: the embedded "
-                                             "benchmark's --target-domain")
-    g.add_argument("--split", default="val", help="split of --data to adapt on and evaluate (val)")
+    g.add_argument("--data", type=Path, help="target dataset to adapt on and evaluate (see the dataset options; "
+                                             f"without --split: <data>/{DEFAULT_SPLIT} where it exists); default: "
+                                             "the embedded benchmark's --target-domain")
     g.add_argument("--target-domain", default="night", choices=KNOWN_DOMAINS,
-                   help="embedded benchmark domain to adapt to (night)")
+                   help=f"embedded benchmark domain to adapt to (night), its --split {DEFAULT_SPLIT} by default")
     g.add_argument("--source", type=Path, help="source checkpoint; default: train one on the embedded source domain "
                                               "or reuse runs/source/final.pt")
     g.add_argument("--runs", type=Path, default=ROOT / "runs", help="where caches and results go (./runs)")
+    _add_dataset_options(p, "--data")
     g = p.add_argument_group("trials")
     g.add_argument("--name", default=None, help="experiment name (default: darth-<target>)")
     g.add_argument("--num-samples", type=at_least(1), default=EMBEDDED["num_samples"], help="trials (4)")
@@ -103,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trial scheduler (asha); pbt: Population Based Training over the searched knobs, trials "
                         "cloning the better trials' checkpoints every epoch")
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
+    g.add_argument("--metric", choices=RANKING_METRICS, default="HOTA",
+                   help="what trials are ranked by (HOTA); mHOTA: the mean of the per-class HOTAs (BDD100K's "
+                        "headline metric; with one class it is HOTA)")
     g.add_argument("--searched", nargs="+", default=KNOBS, choices=KNOBS, metavar="KNOB",
                    help=f"hyperparameters to search (default: all): {', '.join(KNOBS)}")
     g.add_argument("--max-failures", type=at_least(-1), default=1,
@@ -127,34 +136,64 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """What the files named on the command line hold, checked before Ray and its workers start (a bad one stops
     with one line naming the flag); paths become absolute."""
-    from darth_ray.data.mot import load_sequences
-    from darth_ray.data.synth import SPLITS
-    from darth_ray.models.qdtrack import load_checkpoint
+    from darth_ray.data.synth import CLASSES, SPLITS
 
-    def check(flag: str, check_it) -> None:
+    def check(flag: str, check_it):
         try:
-            check_it()
+            return check_it()
         except (InputError, OSError) as e:  # first line: torch's unpickling errors run on for several
             parser.error(f"argument {flag}: {str(e).splitlines()[0]}")
 
     args.runs = args.runs.resolve()
     check("--runs", lambda: args.runs.mkdir(parents=True, exist_ok=True))
     if args.data is None:
+        given = [f"--{name.replace('_', '-')}" for name in ("images", "classes", "class_map") if getattr(args, name)]
+        if given:
+            parser.error(f"argument {given[0]}: only with --data (the embedded benchmark has one class, pedestrian)")
+        args.split = args.split or DEFAULT_SPLIT
         if args.split not in SPLITS:
             parser.error(f"argument --split: the embedded benchmark has {' and '.join(SPLITS)}, not {args.split!r}")
+        names = list(CLASSES[:1])
     else:
-        args.data = args.data.resolve()
-        if not args.data.is_dir():
-            parser.error(f"argument --data: {args.data}: not a directory")
-        if not (args.data / args.split).is_dir():
-            found = sorted(p.name for p in args.data.iterdir() if p.is_dir() and not p.name.startswith("."))
-            parser.error(f"argument --split: no {args.split!r} split in {args.data} (found: {', '.join(found)})")
-        check("--data", lambda: load_sequences(args.data, split=args.split, require_images=True))
-        if args.source is None:
-            parser.error("argument --source: required with --data")
+        names = check_dataset(parser, args, check)
     if args.source is not None:
         args.source = args.source.resolve()
-        check("--source", lambda: load_checkpoint(args.source))
+        model_classes = check("--source", lambda: source_classes(args.source))
+        if model_classes != len(names):  # tracking would refuse it, after the trials' adaptation
+            parser.error(f"argument --source: the model has {model_classes} classes, the target data {len(names)} "
+                         f"({', '.join(names)}); choose the dataset's classes with --classes (and --class-map)")
+
+
+def check_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, check) -> list[str]:
+    """--data with its dataset options, read as the trials will read it; returns its class names."""
+    from darth_ray.data.dataset import load_dataset
+
+    args.data = args.data.resolve()
+    if not args.data.exists():
+        parser.error(f"argument --data: {args.data}: no such file or directory")
+    if args.split is None and (args.data / DEFAULT_SPLIT).is_dir():
+        args.split = DEFAULT_SPLIT
+    if args.split is not None and not (args.data / args.split).exists():
+        found = sorted(p.name for p in args.data.iterdir() if not p.name.startswith(".")) if args.data.is_dir() else []
+        parser.error(f"argument --split: no {args.split!r} split in {args.data}"
+                     + (f" (found: {', '.join(found)})" if found else ""))
+    if args.images is not None:
+        args.images = args.images.resolve()
+        if not args.images.is_dir():
+            parser.error(f"argument --images: {args.images}: not a directory")
+    _, names = check("--data", lambda: load_dataset(args.data, args.split, args.images, args.classes, args.class_map,
+                                                    require_images=True))
+    if args.source is None:
+        parser.error("argument --source: required with --data")
+    return names
+
+
+def source_classes(checkpoint: Path) -> int:
+    """How many classes the source checkpoint's model detects (reading it checks that it is one)."""
+    from darth_ray.models.qdtrack import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    return model.config.num_classes
 
 
 def embedded_inputs(args) -> tuple[Path, Path]:
@@ -200,8 +239,10 @@ def main(argv=None) -> int:
         data, source = embedded_inputs(args)
     else:
         data, source = args.data, args.source
-    name = args.name or f"darth-{data.name}"
+    name = args.name or f"darth-{data.stem if data.is_file() else data.name}"
     loop = TrainLoopConfig(source=str(Path(source).resolve()), target=str(data), split=args.split,
+                           images=args.images and str(args.images), classes=args.classes and tuple(args.classes),
+                           class_map=args.class_map,
                            darth=DarthConfig.from_dict(base_darth_config(args)),
                            threads_per_worker=args.threads_per_worker)
     try:  # every sampler's range is checked against the trials' base config here, before Ray starts
@@ -209,7 +250,8 @@ def main(argv=None) -> int:
                                search_space={"darth": {k: SEARCH_SPACE["darth"][k] for k in args.searched}},
                                workers_per_trial=args.workers_per_trial, gpus_per_worker=args.gpus_per_worker,
                                num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
-                               scheduler=args.scheduler, search=args.search, max_failures=args.max_failures,
+                               scheduler=args.scheduler, search=args.search, metric=args.metric,
+                               max_failures=args.max_failures,
                                keep_checkpoints=args.keep_checkpoints,
                                seed=args.seed, wandb={"mode": args.wandb_mode, "project": args.wandb_project})
     except ValueError as e:
@@ -236,44 +278,50 @@ def main(argv=None) -> int:
     return report(grid, exp)
 
 
-def trial_row(result, search_space) -> dict:
-    """One trial of the ResultGrid as a row of best.json: its HOTA (None without an evaluation), metrics, searched
-    values, latest checkpoint, and error (one line; for a diverged trial its checkpoint is the last good one)."""
+# Beside the metric trials are ranked by: the trial's last evaluation.
+SHOWN_METRICS = {"HOTA": ("DetA", "AssA", "MOTA", "IDF1"), "mHOTA": ("mMOTA", "mIDF1", "HOTA", "MOTA", "IDF1")}
+
+
+def trial_row(result, search_space, metric: str = "HOTA") -> dict:
+    """One trial of the ResultGrid as a row of best.json: its best `metric` (None without an evaluation), the last
+    evaluation's other metrics, searched values, latest checkpoint, and error (one line; for a diverged trial its
+    checkpoint is the last good one)."""
     from darth_ray.distributed.tune import searched_values
 
     m = result.metrics or {}
-    hota = m.get("best_HOTA", m.get("HOTA"))
+    best = m.get(f"best_{metric}", m.get(metric))
     error = m.get("error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
-    return {"trial": Path(result.path).name, "HOTA": None if hota is None or math.isnan(hota) else hota,
-            **{k: m.get(k) for k in ("DetA", "AssA", "MOTA", "IDF1")},
+    return {"trial": Path(result.path).name, metric: None if best is None or math.isnan(best) else best,
+            **{k: m.get(k) for k in SHOWN_METRICS[metric]},
             "config": searched_values(result.config, search_space), "checkpoint": m.get("checkpoint_path"),
             "error": error}
 
 
 def report(grid, exp) -> int:
-    """Print the best trials with their configs and checkpoints, then the errored trials with their errors; write
-    best.json (the ranked trials, then the errored ones)."""
-    rows = [trial_row(result, exp.search_space) for result in grid]
-    ranked = sorted((r for r in rows if r["HOTA"] is not None and not r["error"]), key=lambda r: -r["HOTA"])
+    """Print the best trials (by the experiment's metric) with their configs and checkpoints, then the errored
+    trials with their errors; write best.json (the ranked trials, then the errored ones)."""
+    metric = exp.metric
+    rows = [trial_row(result, exp.search_space, metric) for result in grid]
+    ranked = sorted((r for r in rows if r[metric] is not None and not r["error"]), key=lambda r: -r[metric])
     errored = [r for r in rows if r["error"]]
     if ranked:
-        print(f"\nbest trials of {exp.name} (by HOTA):")
+        print(f"\nbest trials of {exp.name} (by {metric}):")
     for i, r in enumerate(ranked[:5], 1):
         cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["config"].items())
-        print(f"{i}. {r['trial']}: HOTA {r['HOTA']:.2f}  DetA {r['DetA']:.2f}  AssA {r['AssA']:.2f}  "
-              f"MOTA {r['MOTA']:.2f}  IDF1 {r['IDF1']:.2f}\n   {cfg}\n   checkpoint: {r['checkpoint']}")
+        scores = "  ".join(f"{k} {r[k]:.2f}" for k in (metric, *SHOWN_METRICS[metric]))
+        print(f"{i}. {r['trial']}: {scores}\n   {cfg}\n   checkpoint: {r['checkpoint']}")
     if errored:
         print(f"\nerrored trials of {exp.name}:")
     for r in errored:
         print(f"- {r['trial']}: {r['error']}\n   last checkpoint: {r['checkpoint']}")
     if not ranked:
-        print("no trial reported HOTA; see the trial logs under", Path(exp.storage_path) / exp.name)
+        print(f"no trial reported {metric}; see the trial logs under", Path(exp.storage_path) / exp.name)
         return 1
     best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", ranked + errored)
     print(f"\nranking written to {best}")
     from darth_ray.eval.report import write_experiment_report
 
-    pages = write_experiment_report(Path(exp.storage_path) / exp.name)
+    pages = write_experiment_report(Path(exp.storage_path) / exp.name, metric)
     print(f"report (opens offline): {pages}")
     return 0
 

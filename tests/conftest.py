@@ -57,3 +57,24 @@ def tiny(tmp_path_factory):
                                                    frames=6, width=96, height=64, people=3), progress=False)
     save_checkpoint(root / "source.pt", build_model("small"))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_two_classes(tmp_path_factory):
+    """People and balls: a 96x64, 6-frame night domain (1 val sequence; MOTChallenge folders and
+    `night/annotations/val_cocofmt.json`, images under `night/val`) and a random-init 2-class small source model."""
+    import dataclasses
+
+    import torch
+
+    from darth_ray.data.synth import CLASSES, SynthConfig, generate_benchmark
+    from darth_ray.models.config import model_config
+    from darth_ray.models.qdtrack import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_two_classes")
+    generate_benchmark(root / "bench", SynthConfig(domains=("night",), train_sequences=1, val_sequences=1, frames=6,
+                                                   width=96, height=64, people=3, balls=2), progress=False)
+    save_checkpoint(root / "source.pt", build_model(dataclasses.replace(model_config("small"), num_classes=2)),
+                    {"classes": list(CLASSES)})
+    return root

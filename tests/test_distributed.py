@@ -11,14 +11,15 @@ import pytest
 from ray import tune
 
 from darth_ray.adapt.config import DarthConfig
-from darth_ray.eval.track import track_and_score
+from darth_ray.eval.track import track_and_score, track_sequences
+from darth_ray.data.dataset import load_dataset
 from darth_ray.data.mot import load_sequences
 from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, NonFiniteLossError, TrainLoopConfig
 from darth_ray.distributed.tune import (EXPERIMENT_FILE, ExperimentConfig, experiment_settings, fit_trial,
                                         run_experiment, settings_changes)
 from darth_ray.io import InputError
 from wandb_runs import find_offline_runs, read_finished_run
-from darth_ray.eval.metrics import COMBINED
+from darth_ray.eval.metrics import CLASS_MEANS, COMBINED, evaluate_dataset
 from darth_ray.models.qdtrack import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -61,8 +62,74 @@ def test_two_workers_stay_in_sync_and_sharded_eval_equals_single_process(tiny, t
     sequences = load_sequences(tiny / "bench" / "night", split="val")
     _, single = track_and_score(student, sequences, LOW)
     assert single[COMBINED]["FP"] + single[COMBINED]["DetA"] > 0  # non-trivial output to compare
+    # One class: its means (mHOTA, mMOTA, mIDF1) are the overall values, reported all the same (Tune may rank by them)
+    expected = {**{mean: single[COMBINED][overall] for mean, overall in CLASS_MEANS.items()}, **single[COMBINED]}
     for key in EVAL_METRICS:
-        assert m[key] == single[COMBINED][key], key
+        assert m[key] == expected[key], key
+    assert m["best_mHOTA"] == m["mHOTA"] == m["HOTA"]
+
+
+def test_a_two_class_coco_video_target_reports_the_class_means_of_its_final_student(tiny_two_classes, tmp_path,
+                                                                                       local_ray):
+    # Read as `darth-ray adapt` reads it (--images, --classes), scored per class as `evaluate` scores the student's
+    # written results.
+    coco, images = tiny_two_classes / "bench" / "night" / "annotations" / "val_cocofmt.json", \
+        tiny_two_classes / "bench" / "night" / "val"
+    loop = TrainLoopConfig(source=str(tiny_two_classes / "source.pt"), target=str(coco), images=str(images),
+                           classes=("pedestrian", "ball"), darth=DarthConfig(epochs=1, lr_steps=(1,), conf_thr=0.05),
+                           tracker=LOW, checkpoint_every=3)
+    result = fit_trial(loop, workers=1, gpus_per_worker=0, storage_path=str(tmp_path), name="coco")
+    m = result.metrics
+    assert result.error is None and m["step"] == 3  # 6 frames, 2 per step
+    with result.checkpoint.as_directory() as d:
+        student, _ = load_checkpoint(Path(d) / "final.pt")
+    sequences, _ = load_dataset(coco, images=images, classes=["pedestrian", "ball"])
+    track_sequences(student, sequences, tmp_path / "results", LOW, show_progress=False)
+    report = evaluate_dataset(coco, tmp_path / "results", images=images, classes=["pedestrian", "ball"])
+    expected = report.sequences[COMBINED]
+    assert set(report.classes) == {"pedestrian", "ball", "AVERAGE"}
+    assert expected["mHOTA"] != expected["HOTA"]  # two classes: their mean is not the pooled value
+    for key in EVAL_METRICS:
+        assert m[key] == expected[key], key
+    assert m["best_mHOTA"] == m["mHOTA"] and m["best_HOTA"] == m["HOTA"]
+
+
+def test_an_experiment_ranks_by_its_metric_and_records_it_with_the_dataset_options(tiny_two_classes, tmp_path,
+                                                                                   monkeypatch):
+    import darth_ray.distributed.tune as tune_module
+
+    built = {}
+
+    class Tuner:  # records what run_experiment asks Tune for, runs nothing
+        can_restore = staticmethod(lambda path: False)
+
+        def __init__(self, trainable, param_space, tune_config, run_config):
+            built.update(param_space=param_space, tune_config=tune_config)
+
+        def fit(self):
+            return "grid"
+
+    monkeypatch.setattr(tune_module.tune, "Tuner", Tuner)
+    coco = tiny_two_classes / "bench" / "night" / "annotations" / "val_cocofmt.json"
+    loop = TrainLoopConfig(source=str(tiny_two_classes / "source.pt"), target=str(coco),
+                           images=str(tiny_two_classes / "bench" / "night" / "val"), classes=("pedestrian", "ball"),
+                           class_map={"pedestrian": "pedestrian"})
+    exp = ExperimentConfig(name="m", storage_path=str(tmp_path), loop=loop, metric="mHOTA", scheduler="pbt",
+                           search_space={"darth": {"lr": tune.loguniform(1e-3, 2e-3)}}, wandb=None)
+    assert run_experiment(exp) == "grid"
+    assert built["tune_config"].metric == "mHOTA" and built["tune_config"].mode == "max"
+    assert built["param_space"]["classes"] == ("pedestrian", "ball")  # the trials read the data as asked
+    stored = json.loads((tmp_path / "m" / EXPERIMENT_FILE).read_text())
+    assert stored["metric"] == "mHOTA" and stored["classes"] == ["pedestrian", "ball"]
+    assert stored["images"] == loop.images and stored["class_map"] == {"pedestrian": "pedestrian"}
+    changes = settings_changes(stored, experiment_settings(dataclasses.replace(
+        exp, metric="HOTA", loop=dataclasses.replace(loop, classes=("pedestrian",), class_map=None))))
+    assert changes == ["class_map: {'pedestrian': 'pedestrian'} -> (unset)",
+                       "classes: ['pedestrian', 'ball'] -> ['pedestrian']", "metric: mHOTA -> HOTA"]
+    with pytest.raises(ValueError, match="ExperimentConfig.metric is invalid: 'MOTA'"):
+        dataclasses.replace(exp, metric="MOTA")
+    with pytest.raises(ValueError, match=r"invalid TrainLoopConfig: classes must be None or a non-empty tuple"):
+        dataclasses.replace(loop, classes=())
 
 
 def crashing_once(step: int, marker: str):

@@ -79,3 +79,110 @@ def test_a_bad_sampler_range_stops_before_ray_naming_the_knob(tiny, tmp_path, ca
     assert tune_dance.main(argv) == 2
     assert capsys.readouterr().err == ("error: search space darth.conf_thr: 1.5 is out of range: invalid DarthConfig: "
                                        "conf_thr must be in [0, 1], got 1.5\n")
+
+
+def coco_argv(root, tmp_path, **flags) -> list[str]:
+    """tune_dance arguments for the two-class COCO-video night domain, `flags` replacing ({"--x": None} drops one)."""
+    given = {"--data": str(root / "bench" / "night" / "annotations" / "val_cocofmt.json"),
+             "--images": str(root / "bench" / "night" / "val"), "--source": str(root / "source.pt"),
+             "--runs": str(tmp_path / "runs"), **flags}
+    return [x for k, v in given.items() if v is not None for x in (k, *([v] if isinstance(v, str) else v))]
+
+
+@pytest.mark.parametrize("flags, name, message", [
+    ({"--images": None}, "--data", "no image root was given"),
+    ({"--images": "{tmp}/missing"}, "--images", "not a directory"),
+    ({"--classes": ["pedestrian", "car"]}, "--data", "class 'car' is not a category of this dataset"),
+    ({"--class-map": "person=human"}, "--data", "class_map maps 'person'"),
+    ({"--split": "val"}, "--split", "no 'val' split in"),
+    ({"--classes": "pedestrian"}, "--source", "the model has 2 classes, the target data 1 (pedestrian)"),
+    ({"--metric": "MOTA"}, "--metric", "invalid choice: 'MOTA' (choose from 'HOTA', 'mHOTA')"),
+    ({"--class-map": "pedestrian"}, "--class-map", "expected MODEL_CLASS=DATASET_CATEGORY"),
+    # a MOTChallenge folder has one class, pedestrian
+    ({"--data": "{bench}/night", "--split": "val", "--images": None, "--classes": "ball"}, "--data",
+     "class 'ball' is not a category of this dataset: ['pedestrian']"),
+    # the embedded benchmark is MOTChallenge folders of pedestrians
+    ({"--data": None, "--images": None, "--classes": "pedestrian"}, "--classes", "only with --data"),
+])
+def test_bad_dataset_options_stop_before_ray_with_one_line_naming_the_flag(flags, name, message, tiny_two_classes,
+                                                                           tmp_path, capsys, no_ray_start):
+    paths = {"tmp": tmp_path, "bench": tiny_two_classes / "bench"}
+    flags = {k: [x.format(**paths) for x in v] if isinstance(v, list) else v and v.format(**paths)
+             for k, v in flags.items()}
+    with pytest.raises(SystemExit) as exit_:
+        tune_dance.main(coco_argv(tiny_two_classes, tmp_path, **flags))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"argument {name}: " in err and message in err and "Traceback" not in err, err
+
+
+def test_a_coco_video_target_and_its_metric_reach_the_experiment(tiny_two_classes, tmp_path, monkeypatch):
+    import ray
+
+    import darth_ray.distributed.tune as tune_module
+
+    started = {}
+    monkeypatch.chdir(tmp_path)  # main moves into --runs
+    monkeypatch.setattr(ray, "init", lambda **kwargs: started.update(kwargs))
+    monkeypatch.setattr(tune_module, "run_experiment", lambda exp, resume: started.update(exp=exp) or "grid")
+    monkeypatch.setattr(tune_dance, "report", lambda grid, exp: 0)
+    argv = coco_argv(tiny_two_classes, tmp_path, **{"--classes": ["pedestrian", "ball"], "--metric": "mHOTA",
+                                                    "--class-map": "pedestrian=pedestrian",
+                                                    "--address": "ray://nowhere", "--max-concurrent-trials": "1"})
+    assert tune_dance.main(argv) == 0
+    exp = started["exp"]
+    assert exp.metric == "mHOTA" and exp.name == "darth-val_cocofmt"
+    night = tiny_two_classes / "bench" / "night"
+    assert (exp.loop.target, exp.loop.split) == (str(night / "annotations" / "val_cocofmt.json"), None)
+    assert exp.loop.images == str(night / "val") and exp.loop.classes == ("pedestrian", "ball")
+    assert exp.loop.class_map == {"pedestrian": "pedestrian"}
+    sequences, names = exp.loop.load_target()  # what each trial's workers read
+    assert names == ["pedestrian", "ball"] and [s.name for s in sequences] == ["synth-val-01"]
+
+
+class FakeResult:
+    """What trial_row reads of a ray.tune.Result."""
+
+    def __init__(self, path, metrics):
+        self.path, self.metrics, self.error = str(path), metrics, None
+        self.config = {"darth": {"lr": metrics["lr"]}}
+
+
+def test_trials_are_ranked_by_the_experiment_metric(tmp_path, capsys):
+    import json
+
+    from ray import tune
+
+    from darth_ray.distributed.tune import ExperimentConfig
+    from darth_ray.distributed.train import TrainLoopConfig
+
+    source = tmp_path / "source.pt"
+    source.write_bytes(b"")
+    exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), metric="mHOTA",
+                           loop=TrainLoopConfig(source=str(source), target=str(tmp_path)),
+                           search_space={"darth": {"lr": tune.loguniform(1e-3, 2e-3)}})
+    # a has the better HOTA, b the better mean over classes
+    scores = {"a": {"HOTA": 40.0, "mHOTA": 20.0, "lr": 1e-3}, "b": {"HOTA": 30.0, "mHOTA": 25.0, "lr": 2e-3}}
+    grid = []
+    for name, s in scores.items():
+        metrics = {**s, "best_HOTA": s["HOTA"], "best_mHOTA": s["mHOTA"], "epoch": 1, "trial_id": name,
+                   **{k: 1.0 for k in ("DetA", "AssA", "MOTA", "IDF1", "mMOTA", "mIDF1")}}
+        (tmp_path / "exp" / name).mkdir(parents=True)
+        (tmp_path / "exp" / name / "result.json").write_text(json.dumps({**metrics, "config": {"lr": s["lr"]}}))
+        grid.append(FakeResult(tmp_path / "exp" / name, metrics))
+    assert tune_dance.report(grid, exp) == 0
+    best = json.loads((tmp_path / "exp" / "best.json").read_text())
+    assert [(r["trial"], r["mHOTA"], r["HOTA"]) for r in best] == [("b", 25.0, 30.0), ("a", 20.0, 40.0)]
+    out = capsys.readouterr().out
+    assert "best trials of exp (by mHOTA):\n1. b: mHOTA 25.00  mMOTA 1.00" in out
+    page = (tmp_path / "exp" / "report.html").read_text()
+    assert "best: b, mHOTA 25.00" in page and "<th>best mHOTA</th>" in page
+
+
+def test_a_dataset_root_without_split_is_read_at_its_val_split(tiny, tmp_path):
+    parser = tune_dance.build_parser()
+    args = parser.parse_args(["--data", str(tiny / "bench" / "night"), "--source", str(tiny / "source.pt"),
+                              "--runs", str(tmp_path)])
+    tune_dance.check_inputs(parser, args)
+    assert args.split == "val"

@@ -7,7 +7,8 @@
 - Checkpoints (full DARTH state) are reported through `ray.train.report`; with `FailureConfig(max_failures=k)`
   a crashed worker group restarts from the latest one and finishes the remaining steps.
 - Evaluation is sharded by whole sequences (`shard_sequences`); per-sequence results are gathered on every rank
-  and scored over all sequences, exactly as a single process scores them.
+  and scored over all sequences, exactly as a single process scores them (per class on COCO-video and Scalabel
+  data, as `darth-ray adapt` scores them).
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ from darth_ray.io import dataclass_from_dict
 
 log = logging.getLogger(__name__)
 
-EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
+# Every evaluation reports the overall metrics (every class's boxes pooled) and the class means (BDD100K's mHOTA,
+# mMOTA, mIDF1); with one class these equal HOTA, MOTA, IDF1, so a Tune metric of either kind always exists.
+EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW", "mHOTA", "mMOTA", "mIDF1")
+RANKING_METRICS = ("HOTA", "mHOTA")  # what Tune may rank trials by; each has its best_<metric> in every report
 STATE_FILE = "darth_state.pt"
 PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
 ERROR_KEY = "error"  # in the last report of a run stopped by a non-finite loss: what happened
@@ -48,6 +52,11 @@ class TrainLoopConfig:
     source: str                      # source checkpoint
     target: str                      # target dataset root / split directory
     split: str | None = None
+    # How the target is read (load_dataset): the image root of the JSON formats, the classes to keep in the model's
+    # order, model class -> dataset category. Plain values: they cross to Ray as JSON.
+    images: str | None = None
+    classes: tuple[str, ...] | None = None
+    class_map: dict[str, str] | None = None
     darth: DarthConfig = DarthConfig()
     tracker: dict = field(default_factory=dict)        # QuasiDenseTracker params
     threads_per_worker: int = 1
@@ -58,6 +67,35 @@ class TrainLoopConfig:
     # by PBT continues from (a donor's after an exploit); its hyperparameters are this config's.
     start_from: str | None = None
     final_eval: bool = True          # track + score the adapted student at the end
+
+    def __post_init__(self):
+        def text(value) -> bool:
+            return isinstance(value, str) and value.strip() != ""
+
+        problems = []
+        if not (self.images is None or text(self.images)):
+            problems.append(f"images must be a path (str) or None, got {self.images!r}")
+        if not (self.classes is None or (isinstance(self.classes, tuple) and self.classes
+                                         and all(text(c) for c in self.classes))):
+            problems.append(f"classes must be None or a non-empty tuple of names, got {self.classes!r}")
+        if not (self.class_map is None or (isinstance(self.class_map, dict) and self.class_map
+                                           and all(text(k) and text(v) for k, v in self.class_map.items()))):
+            problems.append(f"class_map must be None or a non-empty dict of names, got {self.class_map!r}")
+        if problems:
+            raise ValueError("invalid TrainLoopConfig: " + "; ".join(problems))
+
+    def load_target(self) -> tuple[list, list[str]]:
+        """The target sequences and their class names, read as `darth-ray adapt` reads them."""
+        from darth_ray.data.dataset import load_dataset
+
+        return load_dataset(self.target, split=self.split, images=self.images, classes=self.classes,
+                            class_map=self.class_map, require_images=True)
+
+    def dataset_options(self) -> dict:
+        """The reading options a run depends on (as `darth-ray adapt` records them)."""
+        from darth_ray.data.dataset import dataset_options
+
+        return dataset_options(self.images, self.classes, self.class_map)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainLoopConfig":
@@ -179,7 +217,6 @@ def train_func(config: dict) -> str | None:
     import ray.train
 
     from darth_ray.adapt.loop import AdaptationRun
-    from darth_ray.data.mot import load_sequences
     from darth_ray.data.sharding import frame_counts, shard_frames
     from darth_ray.eval.metrics import COMBINED
 
@@ -190,7 +227,7 @@ def train_func(config: dict) -> str | None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
 
-    sequences = load_sequences(loop.target, split=loop.split, require_images=True)
+    sequences, _ = loop.load_target()
     shards = shard_frames(frame_counts(sequences), world)
     steps_per_epoch = max(1, min(len(s) for s in shards) // darth_config.frames_per_batch)
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
@@ -199,7 +236,7 @@ def train_func(config: dict) -> str | None:
         OverlappedAllReduce(run.method.params)  # its hooks average every backward's gradients
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
-    last_eval = {k: math.nan for k in EVAL_METRICS + ("best_HOTA",)}
+    last_eval = {k: math.nan for k in EVAL_METRICS + tuple(f"best_{m}" for m in RANKING_METRICS)}
     checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(loop.start_from) if loop.start_from else None)
     resumed_from = 0
     if checkpoint is not None:
@@ -236,9 +273,9 @@ def train_func(config: dict) -> str | None:
         if evaluated:
             _, scores = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank, world)
             if scores:
-                best = last_eval["best_HOTA"]
-                last_eval = {k: scores[COMBINED][k] for k in EVAL_METRICS}
-                last_eval["best_HOTA"] = last_eval["HOTA"] if math.isnan(best) else max(best, last_eval["HOTA"])
+                evaluation = reported_metrics(scores[COMBINED])
+                last_eval = {**evaluation, **{f"best_{m}": _best(last_eval[f"best_{m}"], evaluation[m])
+                                              for m in RANKING_METRICS}}
         # The latest evaluation rides along with later step reports, so every report Tune sees after the
         # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
         # `evaluated` marks the report of a new evaluation (W&B's eval/* rows).
@@ -249,6 +286,18 @@ def train_func(config: dict) -> str | None:
         save = run.step % loop.checkpoint_every == 0 or end_of_epoch
         if save or run.step % loop.report_every == 0 or evaluated:
             _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
+
+
+def reported_metrics(combined: dict) -> dict:
+    """EVAL_METRICS of a COMBINED score row. A MOTChallenge row has no class means: its one class's values are
+    the overall ones."""
+    from darth_ray.eval.metrics import CLASS_MEANS
+
+    return {k: combined[k] if k in combined else combined[CLASS_MEANS[k]] for k in EVAL_METRICS}
+
+
+def _best(best: float, value: float) -> float:
+    return value if math.isnan(best) else max(best, value)
 
 
 def _step_on_every_rank(run, world: int) -> tuple[dict | None, str | None]:

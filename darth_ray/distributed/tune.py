@@ -1,7 +1,8 @@
 """Ray Tune over DARTH: every trial is a function trainable that builds and fits a TorchTrainer (the pattern Ray
 recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting each of its reports to Tune (with
-the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA; ASHA stops weak trials after each
-evaluated epoch, PBT restarts them from better trials' checkpoints. W&B runs are written by the driver
+the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA or, for several classes, their mean mHOTA
+(`ExperimentConfig.metric`); ASHA stops weak trials after each evaluated epoch, PBT restarts them from better
+trials' checkpoints. W&B runs are written by the driver
 (`WandbCallback`).
 """
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any, Mapping
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, NonFiniteLossError, TrainLoopConfig,
-                                         train_func)
+from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, RANKING_METRICS, NonFiniteLossError,
+                                         TrainLoopConfig, train_func)
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ EXPERIMENT_FILE = "darth_experiment.json"
 # "pbt": Population Based Training, its mutations the search space: every epoch the worse half of the trials restart
 # from the better half's checkpoints (student, teacher, optimiser, step) with perturbed values.
 SCHEDULERS = ("asha", "fifo", "pbt")  # in the experiment directory: the settings its trials were run with
+# Settings added since experiments were first stored: an older experiment file without them was run with these.
+SETTINGS_DEFAULTS = {"metric": "HOTA"}
 
 
 def search_leaves(space: Mapping, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -120,6 +123,7 @@ class ExperimentConfig:
     max_concurrent_trials: int | None = None
     scheduler: str = "asha"                # one of SCHEDULERS
     search: str = "random"                 # "random" or "optuna"
+    metric: str = "HOTA"                   # what trials are ranked by (one of RANKING_METRICS, maximised)
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
     keep_checkpoints: int = 3              # per trial, the newest (PBT clones from them; Ray warns below 3)
     seed: int = 0
@@ -132,7 +136,8 @@ class ExperimentConfig:
                          ("gpus_per_worker", self.gpus_per_worker >= 0), ("max_failures", self.max_failures >= -1),
                          ("keep_checkpoints", self.keep_checkpoints >= 1),
                          ("scheduler", self.scheduler in SCHEDULERS),
-                         ("search", self.search in ("random", "optuna"))):
+                         ("search", self.search in ("random", "optuna")),
+                         ("metric", self.metric in RANKING_METRICS)):
             if not ok:
                 raise ValueError(f"ExperimentConfig.{name} is invalid: {getattr(self, name)!r}")
         check_search_space(self.loop, self.search_space)
@@ -146,7 +151,7 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
     if not Path(loop.source).is_file():
         raise InputError(loop.source, "source checkpoint not found")
     settings = {"source": loop.source, "source_sha256": file_sha256(loop.source),
-                "target": loop.target, "split": loop.split,
+                "target": loop.target, "split": loop.split, **loop.dataset_options(), "metric": exp.metric,
                 **{f"darth.{k}": v for k, v in sorted(loop.darth.to_dict().items())},
                 **{f"tracker.{k}": v for k, v in sorted(loop.tracker.items())},
                 "eval_every_epoch": loop.eval_every_epoch, "workers_per_trial": exp.workers_per_trial,
@@ -362,7 +367,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         # today's base settings: a resume with other settings would silently mix two experiments.
         stored_file = path / EXPERIMENT_FILE
         if stored_file.exists():
-            changes = settings_changes(json.loads(stored_file.read_text()), settings)
+            changes = settings_changes({**SETTINGS_DEFAULTS, **json.loads(stored_file.read_text())}, settings)
             if changes:
                 raise InputError(stored_file, "this experiment was started with other settings; resuming it would "
                                  "mix two experiments:\n  " + "\n  ".join(changes))
@@ -386,7 +391,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     tuner = tune.Tuner(
         trainable,
         param_space=trial_param_space(exp),
-        tune_config=tune.TuneConfig(metric="HOTA", mode="max", num_samples=exp.num_samples,
+        tune_config=tune.TuneConfig(metric=exp.metric, mode="max", num_samples=exp.num_samples,
                                     scheduler=trial_scheduler(exp), search_alg=search_alg,
                                     max_concurrent_trials=exp.max_concurrent_trials),
         run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,

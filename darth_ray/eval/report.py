@@ -1,6 +1,6 @@
-"""A Tune experiment people can look at: `write_experiment_report(experiment_dir)` writes summary.png (HOTA of each
-trial over its epochs; each searched hyperparameter against the trial's best HOTA) and report.html (opens offline:
-no scripts, no remote files; every link relative) into Tune's experiment folder.
+"""A Tune experiment people can look at: `write_experiment_report(experiment_dir, metric)` writes summary.png (the
+metric, HOTA or mHOTA, of each trial over its epochs; each searched hyperparameter against the trial's best) and
+report.html (opens offline: no scripts, no remote files; every link relative) into Tune's experiment folder.
 
 It reads only the files Tune writes, so it works on any experiment folder, finished, running or copied elsewhere:
 each trial folder's result.json (one JSON result per line, with the trial's config), or progress.csv with
@@ -54,7 +54,11 @@ class Trial:
 
     @property
     def best_hota(self) -> float | None:
-        return max((r["HOTA"] for r in self.evaluations.values()), default=None)
+        return self.best("HOTA")
+
+    def best(self, metric: str) -> float | None:
+        """The best value of `metric` over the trial's evaluations (None before the first)."""
+        return max((r[metric] for r in self.evaluations.values() if _finite(r.get(metric))), default=None)
 
     @property
     def last_evaluation(self) -> dict:
@@ -107,8 +111,8 @@ def searched_hyperparameters(trials: list[Trial]) -> list[str]:
     return [k for k in keys if len({t.config.get(k) for t in trials}) > 1]
 
 
-def summary_figure(trials: list[Trial], title: str):
-    """HOTA per trial over its epochs, then one panel per searched hyperparameter against the best HOTA; a trial
+def summary_figure(trials: list[Trial], title: str, metric: str = "HOTA"):
+    """`metric` per trial over its epochs, then one panel per searched hyperparameter against its best; a trial
     has the same colour in every panel."""
     from matplotlib.ticker import MaxNLocator
 
@@ -116,31 +120,33 @@ def summary_figure(trials: list[Trial], title: str):
     fig, axes = new_figure(1 + len(hyperparameters))
     evaluated = [(t, f"C{i % 10}") for i, t in enumerate(trials) if t.evaluations]
     for t, colour in evaluated:
-        axes[0].plot(list(t.evaluations), [r["HOTA"] for r in t.evaluations.values()], marker="o", color=colour,
-                     label=t.name)
-    axes[0].set(title="HOTA per trial", xlabel="epoch", ylabel="HOTA")
+        axes[0].plot(list(t.evaluations), [r.get(metric, math.nan) for r in t.evaluations.values()], marker="o",
+                     color=colour, label=t.name)
+    axes[0].set(title=f"{metric} per trial", xlabel="epoch", ylabel=metric)
     axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     if 0 < len(evaluated) <= 12:
         axes[0].legend(fontsize="x-small")
     for ax, key in zip(axes[1:], hyperparameters):
-        points = [(t.config[key], t.best_hota, colour) for t, colour in evaluated if _number(t.config.get(key))]
+        points = [(t.config[key], t.best(metric), colour) for t, colour in evaluated
+                  if _number(t.config.get(key)) and t.best(metric) is not None]
         if points:
             x, y, colours = zip(*points)
             ax.scatter(x, y, c=colours)
         positive = [x for x, _, _ in points if x > 0]
         if positive and len(positive) == len(points) and max(positive) >= 10 * min(positive):
             ax.set_xscale("log")
-        ax.set(title=key, xlabel=key, ylabel="best HOTA")
+        ax.set(title=key, xlabel=key, ylabel=f"best {metric}")
     fig.suptitle(title)
     return fig
 
 
-def write_experiment_report(experiment_dir: Path) -> Path:
-    """Write summary.png and report.html into the experiment folder; returns the path of report.html."""
+def write_experiment_report(experiment_dir: Path, metric: str = "HOTA") -> Path:
+    """Write summary.png and report.html, trials ranked by `metric`, into the experiment folder; returns the path
+    of report.html."""
     experiment_dir = Path(experiment_dir)
     trials = read_trials(experiment_dir)
-    save_figure(summary_figure(trials, f"Tune experiment {experiment_dir.name}"), experiment_dir / SUMMARY)
-    return atomic_write_text(experiment_dir / REPORT, _html(experiment_dir, trials))
+    save_figure(summary_figure(trials, f"Tune experiment {experiment_dir.name}", metric), experiment_dir / SUMMARY)
+    return atomic_write_text(experiment_dir / REPORT, _html(experiment_dir, trials, metric))
 
 
 def metrics_table(scores: dict[str, dict], metrics: tuple[str, ...] = TABLE_METRICS) -> tuple[list[str], list[list]]:
@@ -150,25 +156,28 @@ def metrics_table(scores: dict[str, dict], metrics: tuple[str, ...] = TABLE_METR
     return ["sequence", *metrics], rows
 
 
-def _html(experiment_dir: Path, trials: list[Trial]) -> str:
+def _html(experiment_dir: Path, trials: list[Trial], metric: str) -> str:
     hyperparameters = searched_hyperparameters(trials)
-    ranked = sorted(trials, key=lambda t: (t.best_hota is None, -(t.best_hota or 0.0)))
-    head = ["#", "trial", "best HOTA", *(f"last {m}" for m in TABLE_METRICS), "epochs", *hyperparameters,
+    best_of = {t.path: t.best(metric) for t in trials}
+    ranked = sorted(trials, key=lambda t: (best_of[t.path] is None, -(best_of[t.path] or 0.0)))
+    columns = TABLE_METRICS + ((metric,) if metric not in TABLE_METRICS else ())
+    head = ["#", "trial", f"best {metric}", *(f"last {m}" for m in columns), "epochs", *hyperparameters,
             "checkpoint", "videos", "metrics", "error"]
     rows = []
     for rank, t in enumerate(ranked, start=1):
         last = t.last_evaluation
         links = [_link(experiment_dir, t.path / name, name) for name in ("result.json", "progress.csv")
                  if (t.path / name).is_file()] + [_link(experiment_dir, p, p.name) for p in t.media((".json",))]
-        cells = [str(rank), _link(experiment_dir, t.path, t.name), _number_text(t.best_hota),
-                 *(_number_text(last.get(m)) for m in TABLE_METRICS), str(len(t.evaluations)),
+        cells = [str(rank), _link(experiment_dir, t.path, t.name), _number_text(best_of[t.path]),
+                 *(_number_text(last.get(m)) for m in columns), str(len(t.evaluations)),
                  *(_number_text(t.config.get(k)) for k in hyperparameters),
                  _link(experiment_dir, t.checkpoint, "checkpoint") if t.checkpoint else "",
                  " ".join(_link(experiment_dir, p, p.stem) for p in t.media(VIDEO_SUFFIXES)),
                  " ".join(links), html.escape(t.error or "")]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    best = ranked[0] if ranked[0].best_hota is not None else None
-    verdict = (f"best: {html.escape(best.name)}, HOTA {best.best_hota:.2f}" if best else "no trial has evaluated yet")
+    best = ranked[0] if best_of[ranked[0].path] is not None else None
+    verdict = (f"best: {html.escape(best.name)}, {metric} {best_of[best.path]:.2f}" if best
+               else "no trial has evaluated yet")
     ranking = (f' &middot; {_link(experiment_dir, experiment_dir / "best.json", "best.json")}'
                if (experiment_dir / "best.json").is_file() else "")
     name = html.escape(experiment_dir.name)
@@ -178,8 +187,8 @@ def _html(experiment_dir: Path, trials: list[Trial]) -> str:
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(2),td:last-child{{text-align:left}}
 img{{max-width:100%}}</style></head>
 <body><h1>Tune experiment {name}</h1>
-<p>{len(trials)} trials, {sum(t.best_hota is not None for t in trials)} evaluated; {verdict}{ranking}</p>
-<img src="{SUMMARY}" alt="HOTA per trial over epochs; hyperparameters against HOTA">
+<p>{len(trials)} trials, {len(trials) - list(best_of.values()).count(None)} evaluated; {verdict}{ranking}</p>
+<img src="{SUMMARY}" alt="{metric} per trial over epochs; hyperparameters against {metric}">
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>
 {chr(10).join(rows)}
 </table></body></html>
