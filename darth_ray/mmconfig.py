@@ -218,14 +218,15 @@ def read_config(path: str | Path) -> ResolvedConfig:
     out.model["test_scale"] = test["test_scale"]
     out.tracker = _tracker(w)
     out.data = _data(w, out, test)
+    loss_weights = _track_loss_weights(w)
     if out.kind == "darth":
-        out.darth = _darth(w, out.model)
+        out.darth = {**_darth(w, out.model), **loss_weights}
         out.darth.update(_schedule(w, warmup_field="warmup_iters"))
         out.darth["frames_per_batch"] = w.get("data.samples_per_gpu")
         if out.data.get("frame_size") is not None:
             out.darth["frame_size"] = out.data["frame_size"]
     else:
-        out.training = _training(w, out)
+        out.training = {**_training(w, out), **loss_weights}
     leftovers = w.leftovers(ignored)
     problems = w.problems + [f"{k}: darth_ray does not know this key (it would be ignored)" for k in leftovers]
     if problems:
@@ -359,10 +360,6 @@ def _model(w: _Walker) -> dict:
     model["embed_dim"] = w.get(f"{e}.embed_channels")
     w.expect(f"{e}.norm_cfg.type", "GN")
     model["embed_gn_groups"] = w.get(f"{e}.norm_cfg.num_groups")
-    w.expect(f"{e}.loss_track", {"type": "MultiPosCrossEntropyLoss", "loss_weight": 0.25},
-             why="the weight of loss_track")
-    w.expect(f"{e}.loss_track_aux", {"type": "L2Loss", "neg_pos_ub": 3, "pos_margin": 0, "neg_margin": 0.1,
-                                      "hard_mining": True, "loss_weight": 1.0})
     w.expect(f"{th}.loss_bbox", {"type": "L1Loss", "loss_weight": 1.0}, default={"type": "L1Loss", "loss_weight": 1.0})
     ta = f"{th}.train_cfg"
     w.expect(f"{ta}.assigner", {"type": "MaxIoUAssigner", "pos_iou_thr": 0.7, "neg_iou_thr": 0.5, "min_pos_iou": 0.5,
@@ -371,6 +368,17 @@ def _model(w: _Walker) -> dict:
                                "add_gt_as_proposals": True, "pos_sampler": {"type": "InstanceBalancedPosSampler"},
                                "neg_sampler": {"type": "RandomSampler"}})
     return model
+
+
+def _track_loss_weights(w: _Walker) -> dict:
+    """The weights of the track head's two losses (training or DARTH settings); their other values are fixed."""
+    e = "model.track_head.embed_head"
+    w.expect(f"{e}.loss_track.type", "MultiPosCrossEntropyLoss")
+    w.expect(f"{e}.loss_track_aux.type", "L2Loss")
+    for key, value in (("neg_pos_ub", 3), ("pos_margin", 0), ("neg_margin", 0.1), ("hard_mining", True)):
+        w.expect(f"{e}.loss_track_aux.{key}", value)
+    return {"loss_track_weight": float(w.get(f"{e}.loss_track.loss_weight", 1.0)),
+            "loss_track_aux_weight": float(w.get(f"{e}.loss_track_aux.loss_weight", 1.0))}
 
 
 def _coder(w: _Walker, path: str, model: dict, stds_field: str) -> bool:

@@ -27,7 +27,8 @@ from darth_ray.data.sharding import frame_counts
 from darth_ray.io import RESUME_FILE, claim_output_dir
 from darth_ray.models.config import model_config
 from darth_ray.models.qdtrack import build_model, load_checkpoint, save_checkpoint
-from darth_ray.models.track_losses import assign_and_sample, track_losses
+from darth_ray.models.track_losses import (LOSS_TRACK_AUX_WEIGHT, LOSS_TRACK_WEIGHT, assign_and_sample,
+                                           track_losses)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class SourceTrainConfig:
     grad_clip: float = 35.0
     frame_range: int = 10
     flip_prob: float = 0.5
+    loss_track_weight: float = LOSS_TRACK_WEIGHT  # multi-positive cross-entropy (the track head's loss_track)
+    loss_track_aux_weight: float = LOSS_TRACK_AUX_WEIGHT  # margin L2 on cosine similarities (loss_track_aux)
     # mmtrack's SeqPhotoMetricDistortion (published ranges, shared by key and reference frame), each op applied
     # with this probability; 0 = off. Off by default: on the embedded benchmark's 3-epoch small model it cost 11
     # HOTA on the clean domain (28.4 vs 39.3) and left fog undetected.
@@ -63,6 +66,8 @@ class SourceTrainConfig:
                   ("lr_drop_at", all(0 < f < 1 for f in self.lr_drop_at), "fractions in (0, 1)"),
                   ("grad_clip", self.grad_clip > 0, "> 0"), ("frame_range", self.frame_range >= 1, ">= 1"),
                   ("flip_prob", 0 <= self.flip_prob <= 1, "in [0, 1]"),
+                  ("loss_track_weight", self.loss_track_weight >= 0, ">= 0"),
+                  ("loss_track_aux_weight", self.loss_track_aux_weight >= 0, ">= 0"),
                   ("photometric_prob", 0 <= self.photometric_prob <= 1, "in [0, 1]"),
                   ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
                   ("max_steps", self.max_steps is None or self.max_steps >= 1, ">= 1 or None")]
@@ -94,8 +99,11 @@ def _load_pair_batch(seqs: dict[str, Sequence], pairs, flip: torch.Tensor, colou
     return torch.stack(images), targets
 
 
-def qdtrack_losses(model, images: torch.Tensor, targets: list[dict], num_pairs: int) -> dict[str, torch.Tensor]:
-    """All supervised losses for `num_pairs` key frames followed by their `num_pairs` reference frames."""
+def qdtrack_losses(model, images: torch.Tensor, targets: list[dict], num_pairs: int,
+                   loss_track_weight: float = LOSS_TRACK_WEIGHT,
+                   loss_track_aux_weight: float = LOSS_TRACK_AUX_WEIGHT) -> dict[str, torch.Tensor]:
+    """All supervised losses for `num_pairs` key frames followed by their `num_pairs` reference frames (the two
+    track losses weighted as given)."""
     sizes = [tuple(images.shape[-2:])] * len(images)
     feats = model.features(model.normalize(images))
     logits, deltas = model.rpn_head(feats)
@@ -107,7 +115,8 @@ def qdtrack_losses(model, images: torch.Tensor, targets: list[dict], num_pairs: 
     samples = [assign_and_sample(p.detach(), t["boxes"].to(p.device), t["ids"].to(p.device))
                for p, t in zip(proposals, targets)]
     embeds = model.embed(feats, [s.boxes for s in samples])
-    losses.update(track_losses(embeds[key], samples[key], embeds[num_pairs:], samples[num_pairs:]))
+    losses.update(track_losses(embeds[key], samples[key], embeds[num_pairs:], samples[num_pairs:],
+                               loss_track_weight, loss_track_aux_weight))
     return losses
 
 
@@ -186,7 +195,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
         images, targets = _load_pair_batch(seqs, batch, flip, colours)
         images = images.to(device)
         t0 = time.perf_counter()
-        losses = qdtrack_losses(model, images, targets, len(batch))
+        losses = qdtrack_losses(model, images, targets, len(batch), cfg.loss_track_weight, cfg.loss_track_aux_weight)
         loss = sum(losses.values())
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"non-finite loss at step {step}: "

@@ -135,7 +135,8 @@ class Darth:
             key_embeds = student.embed([f[keep] for f in s_feats], [s.boxes for s in key_samples])
             ref_embeds = student.embed(c_feats, [s.boxes for s in ref_samples])
             with self.precision.float32():
-                track = track_losses(key_embeds, key_samples, ref_embeds, ref_samples)
+                track = track_losses(key_embeds, key_samples, ref_embeds, ref_samples, cfg.loss_track_weight,
+                                     cfg.loss_track_aux_weight)
             loss_contrastive = track["loss_track"] + track["loss_track_aux"]
         else:
             loss_contrastive = s_feats[0].sum() * 0.0  # keeps the graph connected for DDP-style gradient sync
