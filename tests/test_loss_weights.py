@@ -54,7 +54,7 @@ def _scaled(losses: dict, reference: dict) -> dict:
 def test_source_training_weights_each_track_loss_on_its_own(tiny):
     model, _ = load_checkpoint(tiny / "source.pt")
     seq = load_sequences(tiny / "bench" / "source", split="train")[0]
-    images, targets = _load_pair_batch({seq.name: seq}, [(seq.name, 1, 3)], torch.zeros(1, dtype=torch.bool), [None])
+    images, _, targets = _load_pair_batch({seq.name: seq}, [(seq.name, 1, 3)], torch.zeros(1, dtype=torch.bool), [None])
 
     def losses(*weights):
         torch.manual_seed(0)  # the same proposals sampled for each
