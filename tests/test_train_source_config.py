@@ -8,7 +8,8 @@ import torch
 from darth_ray.cli import main
 from test_mmconfig import ADAPTERS, CONFIGS, SOURCE
 
-needs_configs = pytest.mark.skipif(not CONFIGS.is_dir(), reason="the authors' configs (shared/darth-configs) are absent")
+needs_configs = pytest.mark.skipif(not CONFIGS.is_dir(),
+                                   reason="the authors' configs (shared/darth-configs) are absent")
 DANCETRACK = SOURCE / "qdtrack_faster-rcnn_r50_fpn_4e_dancetrack.py"
 
 
