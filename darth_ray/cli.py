@@ -179,10 +179,20 @@ def _train_source(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
-    fields = {k: getattr(args, k) for k in SourceTrainConfig.__dataclass_fields__ if getattr(args, k, None) is not None}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in _given_fields(args, SourceTrainConfig).items()}
+    architecture, classes = None, args.classes
+    if args.config:  # the file's settings, then the options given on the command line
+        from darth_ray.mmconfig import training_settings
+
+        settings = training_settings(args.config)
+        if args.model is None:
+            architecture = settings["model"]
+            fields.setdefault("model", architecture.name)
+        fields = {**settings["training"], **fields}
+        classes = classes or settings["classes"]
     final = train_source(args.data, args.out, SourceTrainConfig(**fields), split=args.split,
                          resume=not args.no_resume, show_progress=not args.quiet, device=device,
-                         images=args.images, classes=args.classes, class_map=args.class_map)
+                         images=args.images, classes=classes, class_map=args.class_map, architecture=architecture)
     print(f"final checkpoint: {final}")
 
 
@@ -362,13 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "settings are refused, naming each change).")
     p.add_argument("--data", type=Path, required=True, help="the labelled sequences (see the dataset options)")
     p.add_argument("--out", type=Path, required=True, help="output directory for checkpoints and train_log.jsonl")
-    p.add_argument("--model", choices=("small", "r50_fpn"), default=None, help="model configuration (small)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="a QDTrack source-training config of the authors (e.g. qdtrack_faster-rcnn_r50_fpn_4e_"
+                        "dancetrack.py): its model, classes, optimiser, schedule, loss weights and views; the "
+                        "options below override it (see `darth-ray config show`)")
+    p.add_argument("--model", choices=("small", "r50_fpn"), default=None,
+                   help="model configuration (small; with --config the file's)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="passes over the frames (12)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="frame pairs per step (2)")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate (0.02)")
     p.add_argument("--photometric-prob", type=float, default=None,
                    help="probability of each photometric distortion (brightness, contrast, saturation, hue, channel "
                         "swap; mmtrack's SeqPhotoMetricDistortion, shared by key and reference frame); 0 = off (0)")
+    p.add_argument("--img-scale", type=_positive_int, nargs=2, default=None, metavar=("W", "H"),
+                   help="resize both frames of a pair to fit W x H (times --scale-range) and crop each to at most "
+                        "W x H (default: native frames)")
+    p.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="random factor on --img-scale, shared by a pair (1 1)")
     p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (100)")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")

@@ -218,14 +218,15 @@ def read_config(path: str | Path) -> ResolvedConfig:
     out.model["test_scale"] = test["test_scale"]
     out.tracker = _tracker(w)
     out.data = _data(w, out, test)
+    loss_weights = _track_loss_weights(w)
     if out.kind == "darth":
-        out.darth = _darth(w, out.model)
+        out.darth = {**_darth(w, out.model), **loss_weights}
         out.darth.update(_schedule(w, warmup_field="warmup_iters"))
         out.darth["frames_per_batch"] = w.get("data.samples_per_gpu")
         if out.data.get("frame_size") is not None:
             out.darth["frame_size"] = out.data["frame_size"]
     else:
-        out.training = _training(w, out)
+        out.training = {**_training(w, out), **loss_weights}
     leftovers = w.leftovers(ignored)
     problems = w.problems + [f"{k}: darth_ray does not know this key (it would be ignored)" for k in leftovers]
     if problems:
@@ -359,10 +360,6 @@ def _model(w: _Walker) -> dict:
     model["embed_dim"] = w.get(f"{e}.embed_channels")
     w.expect(f"{e}.norm_cfg.type", "GN")
     model["embed_gn_groups"] = w.get(f"{e}.norm_cfg.num_groups")
-    w.expect(f"{e}.loss_track", {"type": "MultiPosCrossEntropyLoss", "loss_weight": 0.25},
-             why="the weight of loss_track")
-    w.expect(f"{e}.loss_track_aux", {"type": "L2Loss", "neg_pos_ub": 3, "pos_margin": 0, "neg_margin": 0.1,
-                                      "hard_mining": True, "loss_weight": 1.0})
     w.expect(f"{th}.loss_bbox", {"type": "L1Loss", "loss_weight": 1.0}, default={"type": "L1Loss", "loss_weight": 1.0})
     ta = f"{th}.train_cfg"
     w.expect(f"{ta}.assigner", {"type": "MaxIoUAssigner", "pos_iou_thr": 0.7, "neg_iou_thr": 0.5, "min_pos_iou": 0.5,
@@ -371,6 +368,17 @@ def _model(w: _Walker) -> dict:
                                "add_gt_as_proposals": True, "pos_sampler": {"type": "InstanceBalancedPosSampler"},
                                "neg_sampler": {"type": "RandomSampler"}})
     return model
+
+
+def _track_loss_weights(w: _Walker) -> dict:
+    """The weights of the track head's two losses (training or DARTH settings); their other values are fixed."""
+    e = "model.track_head.embed_head"
+    w.expect(f"{e}.loss_track.type", "MultiPosCrossEntropyLoss")
+    w.expect(f"{e}.loss_track_aux.type", "L2Loss")
+    for key, value in (("neg_pos_ub", 3), ("pos_margin", 0), ("neg_margin", 0.1), ("hard_mining", True)):
+        w.expect(f"{e}.loss_track_aux.{key}", value)
+    return {"loss_track_weight": float(w.get(f"{e}.loss_track.loss_weight", 1.0)),
+            "loss_track_aux_weight": float(w.get(f"{e}.loss_track_aux.loss_weight", 1.0))}
 
 
 def _coder(w: _Walker, path: str, model: dict, stds_field: str) -> bool:
@@ -520,7 +528,10 @@ def _train_pipeline(w: _Walker, path: str, kind: str) -> dict:
             w.get(at)  # loading and formatting: darth_ray loads frames and boxes its own way
         elif step_kind == "SeqRandomFlip":
             found["flip_prob"] = w.get(f"{at}.flip_ratio")
-            w.get(f"{at}.share_params", None)
+            if kind == "qdtrack":
+                w.expect(f"{at}.share_params", True, why="key and reference frame are flipped together")
+            else:
+                w.get(f"{at}.share_params", None)
         elif step_kind == "SeqResize" and kind == "darth":
             w.expect(f"{at}.keep_ratio", False, why="the plain frame is resized to a fixed size")
             found["frame_size"] = tuple(w.get(f"{at}.img_scale"))
@@ -528,8 +539,7 @@ def _train_pipeline(w: _Walker, path: str, kind: str) -> dict:
             w.expect(f"{at}.bbox_clip_border", False, default=True)
         elif kind == "qdtrack" and step_kind in {"SeqResize", "SeqPhotoMetricDistortion", "SeqRandomCrop",
                                                   "SeqNormalize", "SeqPad"}:
-            found.setdefault("source_pipeline", []).append(step)
-            w.get(at)
+            found.setdefault("source_pipeline", {})[step_kind] = at  # read by _source_views
         else:
             w.fail(f"{at}.type", f"{step_kind}: not in darth_ray's {'target' if kind == 'darth' else 'source'} "
                                  "frame pipeline")
@@ -687,30 +697,71 @@ def _training(w: _Walker, out: ResolvedConfig) -> dict:
         training["frame_range"] = out.data["frame_range"]
     if "flip_prob" in out.data:
         training["flip_prob"] = out.data.pop("flip_prob")
-    source = out.data.pop("source_pipeline", [])
-    kinds = [s.get("type") for s in source]
-    if "SeqPhotoMetricDistortion" in kinds:
-        training["photometric_prob"] = 0.5
-    if "SeqResize" in kinds:
-        resize = next(s for s in source if s.get("type") == "SeqResize")
-        training["img_scale"] = tuple(resize.get("img_scale"))
-        training["scale_range"] = tuple(resize.get("ratio_range", (1.0, 1.0)))
+    training.update(_source_views(w, out.data.pop("source_pipeline", {}), out.model))
     return training
+
+
+def _source_views(w: _Walker, steps: dict[str, str], model: dict) -> dict:
+    """QDTrack's source pipeline (step type -> dotted path) as SourceTrainConfig fields: one resize for key and
+    reference frame, a crop each, boxes never clipped, the model's normalisation and padding."""
+    views: dict = {}
+    resize, crop = steps.get("SeqResize"), steps.get("SeqRandomCrop")
+    if (resize is None) != (crop is None):
+        w.fail(resize or crop, "darth_ray resizes to fit img_scale and crops to at most img_scale: both steps or "
+                               "neither")
+    elif resize:
+        views["img_scale"] = scale = tuple(w.get(f"{resize}.img_scale"))
+        views["scale_range"] = tuple(w.get(f"{resize}.ratio_range", (1.0, 1.0)))
+        w.expect(f"{resize}.keep_ratio", True)
+        w.expect(f"{resize}.share_params", True, why="key and reference frame share one scale")
+        w.expect(f"{crop}.crop_size", list(scale), why="darth_ray crops to at most img_scale")
+        w.expect(f"{crop}.share_params", False, why="key and reference frame are cropped independently")
+        w.expect(f"{crop}.allow_negative_crop", False, default=False)
+        for at in (resize, crop):
+            w.expect(f"{at}.bbox_clip_border", False, default=True, why="boxes are never clipped")
+    photometric = steps.get("SeqPhotoMetricDistortion")
+    if photometric:
+        w.expect(f"{photometric}.share_params", True, why="key and reference frame share one distortion")
+        for key, default in PHOTOMETRIC.values():
+            w.expect(f"{photometric}.{key}", default, default=default, why="train-source uses mmtrack's defaults")
+        views["photometric_prob"] = 0.5
+    if "SeqNormalize" in steps:
+        norm = _normalize(w, steps["SeqNormalize"])
+        if any(model.get(k) != v for k, v in norm.items()):
+            w.fail(steps["SeqNormalize"], f"normalises {norm} but the test pipeline "
+                                          f"{[model.get(k) for k in norm]} (the model has one input normalisation)")
+    if "SeqPad" in steps:
+        w.expect(f"{steps['SeqPad']}.size_divisor", model.get("size_divisor", 32))
+    return views
 
 
 def model_config_from_file(path: str | Path):
     """The ModelConfig an mmtrack config file describes (r50_fpn overridden field by field), and its class list."""
+    return _model_config(read_config(path))
+
+
+def _model_config(resolved: ResolvedConfig):
     import dataclasses
 
     from darth_ray.models.config import R50_FPN, ModelConfig
 
-    resolved = read_config(path)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in resolved.model.items() if k in fields}
     config = dataclasses.replace(R50_FPN, **values)
     if config != R50_FPN:
-        config = dataclasses.replace(config, name=Path(path).stem)
+        config = dataclasses.replace(config, name=Path(resolved.path).stem)
     return config, list(resolved.model.get("classes") or [])
+
+
+def training_settings(path: str | Path) -> dict:
+    """What `darth-ray train-source --config FILE` runs: the file's SourceTrainConfig fields, its model (r50_fpn
+    overridden field by field) and its classes."""
+    resolved = read_config(path)
+    if resolved.kind != "qdtrack":
+        raise InputError(path, f"is a {resolved.kind} adapter config; train-source takes a QDTrack source-training "
+                               "config (e.g. qdtrack_faster-rcnn_r50_fpn_4e_dancetrack.py)")
+    model, classes = _model_config(resolved)
+    return {"training": resolved.training, "model": model, "classes": classes}
 
 
 def darth_settings(path: str | Path, source: str | Path) -> dict:

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,10 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
                                               "or reuse runs/source/final.pt")
     g.add_argument("--runs", type=Path, default=ROOT / "runs", help="where caches and results go (./runs)")
     _add_dataset_options(p, "--data")
+    g.add_argument("--config", type=Path, default=None,
+                   help="a DARTH adapter config of the authors (e.g. darth_qdtrack_faster-rcnn_r50_fpn_4e_dancetrack"
+                        ".py): every trial's base DARTH settings and tracker (as `darth-ray adapt --config`); the "
+                        "searched knobs and --epochs override it; its model must be --source's")
     g = p.add_argument_group("trials")
     g.add_argument("--name", default=None, help="experiment name (default: darth-<target>)")
     g.add_argument("--num-samples", type=at_least(1), default=EMBEDDED["num_samples"], help="trials (4)")
-    g.add_argument("--epochs", type=at_least(1), default=EMBEDDED["epochs"], help="DARTH epochs per trial (2)")
+    g.add_argument("--epochs", type=at_least(1), default=None,
+                   help=f"DARTH epochs per trial ({EMBEDDED['epochs']}; with --config the file's)")
     g.add_argument("--method", choices=tuple(METHODS), help="adaptation method of every trial (darth)")
     g.add_argument("--workers-per-trial", type=at_least(1), default=1, help="Ray Train workers per trial (1)")
     g.add_argument("--gpus-per-worker", type=at_least(0, float), default=0.0, help="GPUs per Train worker (0)")
@@ -162,6 +168,14 @@ def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         if model_classes != len(names):  # tracking would refuse it, after the trials' adaptation
             parser.error(f"argument --source: the model has {model_classes} classes, the target data {len(names)} "
                          f"({', '.join(names)}); choose the dataset's classes with --classes (and --class-map)")
+    if args.config is not None:
+        if args.source is None:
+            parser.error("argument --config: needs --source, the checkpoint of the model the file describes")
+        args.config = args.config.resolve()
+        try:  # the whole message: it lists every setting of the file darth_ray cannot honour
+            config_settings(args.config, args.source)
+        except InputError as e:
+            parser.error(f"argument --config: {e}")
 
 
 def check_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, check) -> list[str]:
@@ -205,16 +219,36 @@ def embedded_inputs(args) -> tuple[Path, Path]:
     return bench / args.target_domain, source
 
 
+@lru_cache(maxsize=4)
+def config_settings(config: Path, source: Path) -> dict:
+    """What a DARTH config file sets for `source` (darth_ray.mmconfig.darth_settings), read once."""
+    from darth_ray.mmconfig import darth_settings
+
+    return darth_settings(config, source)
+
+
 def base_darth_config(args) -> dict:
-    """What every trial starts from (the searched knobs override it): the epochs and seed asked for, on the
-    embedded benchmark also its DARTH settings."""
-    darth = {"epochs": args.epochs, "lr_steps": (max(args.epochs - 1, 1),), "seed": args.seed,
-             **({"method": args.method} if args.method else {})}
+    """What every trial starts from (the searched knobs override it): the seed; with --config the file's DARTH
+    settings, --epochs if given; without, --epochs (2) with lr dropping before the last; on the embedded benchmark
+    its DARTH settings beneath."""
+    darth: dict = {"seed": args.seed, **({"method": args.method} if args.method else {})}
+    if args.config is not None:
+        darth = {**config_settings(args.config, args.source)["darth"], **darth}
+        if args.epochs is not None:
+            darth["epochs"] = args.epochs
+    else:
+        epochs = args.epochs or EMBEDDED["epochs"]
+        darth.update(epochs=epochs, lr_steps=(max(epochs - 1, 1),))
     if args.data is None:
         from darth_ray.embedded import DARTH_SETTINGS
 
         darth = {**DARTH_SETTINGS, **darth}
     return darth
+
+
+def base_tracker(args) -> dict:
+    """The trials' tracker values: the config file's (none: QDTrack's defaults)."""
+    return config_settings(args.config, args.source)["tracker"] if args.config is not None else {}
 
 
 def main(argv=None) -> int:
@@ -243,7 +277,7 @@ def main(argv=None) -> int:
     loop = TrainLoopConfig(source=str(Path(source).resolve()), target=str(data), split=args.split,
                            images=args.images and str(args.images), classes=args.classes and tuple(args.classes),
                            class_map=args.class_map,
-                           darth=DarthConfig.from_dict(base_darth_config(args)),
+                           darth=DarthConfig.from_dict(base_darth_config(args)), tracker=base_tracker(args),
                            threads_per_worker=args.threads_per_worker)
     try:  # every sampler's range is checked against the trials' base config here, before Ray starts
         exp = ExperimentConfig(name=name, storage_path=str(args.runs / "tune"), loop=loop,

@@ -129,10 +129,10 @@ def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny
     seen = []
     original = source_training._load_pair_batch
 
-    def spy(seqs, pairs, flip, colours):
-        images, targets = original(seqs, pairs, flip, colours)
+    def spy(seqs, pairs, flip, colours, geometries):
+        images, sizes, targets = original(seqs, pairs, flip, colours, geometries)
         seen.append((images, colours, [seqs[name].load_image(frames[0]) for name, *frames in pairs]))
-        return images, targets
+        return images, sizes, targets
 
     monkeypatch.setattr(source_training, "_load_pair_batch", spy)
     cfg = source_training.SourceTrainConfig(max_steps=3, photometric_prob=1.0, flip_prob=0.0, batch_size=1)

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from darth_ray.adapt.amp import AMP_MODES
 from darth_ray.data.photometric import PhotometricRanges
 from darth_ray.io import dataclass_from_dict
+from darth_ray.models.track_losses import LOSS_TRACK_AUX_WEIGHT, LOSS_TRACK_WEIGHT
 
 PUBLISHED_PHOTOMETRIC = PhotometricRanges()
 # "mmtrack": the published float BGR/HSV distortion; "affine": a fast uint8 approximation (a deliberate difference).
@@ -63,6 +64,9 @@ class DarthConfig:
     rpn_weight: float = 0.1
     roi_weight: float = 0.1
     contrastive_weight: float = 1.0
+    # The two QDTrack track losses inside the contrastive loss (the track head's loss_track, loss_track_aux).
+    loss_track_weight: float = LOSS_TRACK_WEIGHT
+    loss_track_aux_weight: float = LOSS_TRACK_AUX_WEIGHT
     # Teacher = (1 - m) * teacher + m * student after every step; 0 = a frozen teacher (the paper's ablation).
     # Given for base_batch_size frames per step, like lr (see scale_to_batch).
     ema_momentum: float = 0.002
@@ -203,7 +207,7 @@ def _problems(c: DarthConfig) -> list[str]:
     if c.photometric_impl not in PHOTOMETRIC_IMPLS:
         p.append(f"photometric_impl must be one of {', '.join(PHOTOMETRIC_IMPLS)}, got {c.photometric_impl!r}")
 
-    for name in ("rpn_weight", "roi_weight", "contrastive_weight"):
+    for name in ("rpn_weight", "roi_weight", "contrastive_weight", "loss_track_weight", "loss_track_aux_weight"):
         in_range(name, 0.0, math.inf, hi_open=True)
     in_range("ema_momentum", 0.0, 1.0)
     in_range("conf_thr", 0.0, 1.0)

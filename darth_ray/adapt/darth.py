@@ -79,5 +79,6 @@ class Darth(TeacherStudent):
         key_embeds = student.embed([f[keep] for f in s_feats], [s.boxes for s in key_samples])
         ref_embeds = student.embed(c_feats, [s.boxes for s in ref_samples])
         with self.precision.float32():
-            track = track_losses(key_embeds, key_samples, ref_embeds, ref_samples)
+            track = track_losses(key_embeds, key_samples, ref_embeds, ref_samples, self.config.loss_track_weight,
+                                 self.config.loss_track_aux_weight)
         return track["loss_track"] + track["loss_track_aux"]

@@ -49,5 +49,6 @@ class MeanTeacher(TeacherStudent):
         sizes = [views.teacher_sizes[i] for i in keep] + [views.contrastive_sizes[i] for i in keep]
         targets = ([target(views.teacher_boxes[i], views.teacher_ids[i], i) for i in keep]
                    + [target(views.contrastive_boxes[i], views.contrastive_ids[i], i) for i in keep])
-        losses = qdtrack_losses(self.student, images, targets, len(keep), sizes, generator)
+        losses = qdtrack_losses(self.student, images, targets, len(keep), self.config.loss_track_weight,
+                                self.config.loss_track_aux_weight, image_sizes=sizes, generator=generator)
         return {**losses, "loss_total": sum(losses.values())}

@@ -20,6 +20,10 @@ from torch.nn import functional as F
 
 from darth_ray.boxes import box_iou
 
+# The weights of the two track losses in the authors' QDTrack configs (embed_head.loss_track / loss_track_aux).
+LOSS_TRACK_WEIGHT = 0.25
+LOSS_TRACK_AUX_WEIGHT = 1.0
+
 # mmdet's weight_reduce_loss divides by (avg_factor + eps) so an all-zero weight gives 0, not NaN.
 _AVG_EPS = torch.finfo(torch.float32).eps
 
@@ -212,8 +216,8 @@ def track_losses(
     key_samples: list[SampledBoxes],
     ref_embeds: list[Tensor],
     ref_samples: list[SampledBoxes],
-    loss_weight_ce: float = 0.25,
-    loss_weight_l2: float = 1.0,
+    loss_track_weight: float = LOSS_TRACK_WEIGHT,
+    loss_track_aux_weight: float = LOSS_TRACK_AUX_WEIGHT,
 ) -> dict[str, Tensor]:
     """QDTrack's quasi-dense track losses for a batch of (key, reference) image pairs.
 
@@ -224,9 +228,10 @@ def track_losses(
         ref_embeds: per image, embeddings of all reference samples [R_i, D].
 
     Rows are key positives, columns all reference samples; a pair is positive when the instance
-    ids are equal (and > 0). Returns ``loss_track`` (multi-positive CE on dot products) and
-    ``loss_track_aux`` (margin L2 on cosine similarities), each summed over images and divided
-    by the number of images. Images without key positives or reference samples contribute 0.
+    ids are equal (and > 0). Returns ``loss_track`` (multi-positive CE on dot products, times
+    ``loss_track_weight``) and ``loss_track_aux`` (margin L2 on cosine similarities, times
+    ``loss_track_aux_weight``), each summed over images and divided by the number of images.
+    Images without key positives or reference samples contribute 0.
     """
     num_imgs = len(key_embeds)
     if num_imgs == 0:
@@ -260,6 +265,6 @@ def track_losses(
         loss_ce = loss_ce + multi_pos_cross_entropy(dot, targets, weights)
         loss_l2 = loss_l2 + l2_margin_loss(cos, targets)
     return {
-        "loss_track": loss_weight_ce * loss_ce / num_imgs,
-        "loss_track_aux": loss_weight_l2 * loss_l2 / num_imgs,
+        "loss_track": loss_track_weight * loss_ce / num_imgs,
+        "loss_track_aux": loss_track_aux_weight * loss_l2 / num_imgs,
     }
