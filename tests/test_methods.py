@@ -164,6 +164,7 @@ def test_tune_dance_runs_every_trial_with_the_method_asked_for(capsys):
 def test_wandb_logs_the_evaluations_of_a_method_without_losses():
     from types import SimpleNamespace
 
+    from darth_ray.distributed.train import EVAL_METRICS
     from darth_ray.distributed.tune import WandbCallback
 
     logged = []
@@ -171,7 +172,7 @@ def test_wandb_logs_the_evaluations_of_a_method_without_losses():
                              log_eval=lambda step, metrics: logged.append(("eval", step, metrics)))
     callback = WandbCallback({}, "exp", "/nowhere", workers=1)
     callback._logger = lambda trial: logger
-    metrics = {"HOTA": 50.0, "DetA": 1.0, "AssA": 2.0, "MOTA": 3.0, "IDF1": 4.0, "IDSW": 5}
+    metrics = {name: 50.0 + i for i, name in enumerate(EVAL_METRICS)}
     callback.on_trial_result(0, [], SimpleNamespace(trial_id="t"), {"step": 6, "evaluated": True, **metrics})
     assert logged == [("eval", 6, metrics)]  # source/adabn report no losses, and no lr
     callback.on_trial_result(0, [], SimpleNamespace(trial_id="t"), {"step": 7, "loss_total": 1.0, "lr": 0.1})
