@@ -1,8 +1,9 @@
 """Supervised QDTrack training on a labelled (source) domain: detection losses on the key frame plus the
 quasi-dense track losses between key and reference frame, as mmtrack's QDTrack does.
 
-A flat loop in the spirit of torchvision's references/detection/train.py. Checkpoints (`last.pt` every
-`checkpoint_every` steps, `final.pt` at the end) hold model, optimizer, scheduler, step and RNG state, are written
+A flat loop in the spirit of torchvision's references/detection/train.py. `last.pt` (every `checkpoint_every`
+steps and at the end) holds model, optimizer, scheduler, step and RNG state; `final.pt` holds what tracking and
+adaptation need (the model, its classes and training settings: half of last.pt's size). Both are written
 atomically, and a rerun with the same `out`, data, split and settings resumes from `last.pt` (darth_ray/io.py's
 `claim_output_dir` checks them).
 """
@@ -221,11 +222,13 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
         step = state["step"]
         log.info("resuming source training from %s at step %d/%d", last, step, total)
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(path, model, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                      "rng": generator.get_state(), "step": step,
-                                      "train_config": dataclasses.asdict(cfg), "data": str(data_dir),
-                                      "classes": list(class_names)})
+    def checkpoint(path: Path, resumable: bool = True) -> None:
+        record = {"step": step, "train_config": dataclasses.asdict(cfg), "data": str(data_dir),
+                  "classes": list(class_names)}
+        if resumable:
+            record.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                          rng=generator.get_state())
+        save_checkpoint(path, model, record)
 
     metrics_file = out_dir / "train_log.jsonl"
     model.train()
@@ -274,7 +277,7 @@ def train_source(data_dir: Path, out_dir: Path, cfg: SourceTrainConfig = SourceT
         if step % cfg.checkpoint_every == 0 and step < total:
             checkpoint(last)
     bar.close()
-    checkpoint(out_dir / "final.pt")
+    checkpoint(out_dir / "final.pt", resumable=False)
     checkpoint(last)
     log.info("source training finished: %s", out_dir / "final.pt")
     return out_dir / "final.pt"

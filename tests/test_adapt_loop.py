@@ -84,7 +84,12 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
     bench = tiny / "bench"
     assert main(["train-source", "--data", str(bench / "source"), "--split", "train", "--out", str(tmp_path / "src"),
                  "--max-steps", "2", "--checkpoint-every", "1", "-q"]) == 0
-    assert (tmp_path / "src" / "final.pt").is_file()
+    # final.pt holds the model and what it was trained with, not the optimiser (last.pt resumes); the same weights
+    final, last = (torch.load(tmp_path / "src" / name, weights_only=False) for name in ("final.pt", "last.pt"))
+    assert {"optimizer", "scheduler", "rng"} <= set(last) and not {"optimizer", "scheduler", "rng"} & set(final)
+    assert final["train_config"] == last["train_config"] and final["step"] == last["step"] == 2
+    assert all(torch.equal(final["model"][k], v) for k, v in last["model"].items())
+    assert (tmp_path / "src" / "final.pt").stat().st_size < 0.7 * (tmp_path / "src" / "last.pt").stat().st_size
     log = [json.loads(line) for line in (tmp_path / "src" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2 and {"loss_rpn_cls", "loss_track"} <= set(log[-1])
 

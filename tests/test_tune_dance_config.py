@@ -67,7 +67,7 @@ def test_config_file_is_checked_before_ray_starts(tiny, tmp_path, capsys, no_ray
         tune_dance.main(["--config", str(DANCETRACK), "--source", str(tiny / "source.pt"), *given])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument --config: {DANCETRACK}: describes another model" in err and "depth: 50 in the config" in err
+    assert f"argument --config: {DANCETRACK.resolve()}: describes another model" in err and "depth: 50 in the config" in err
     with pytest.raises(SystemExit):
         tune_dance.main(["--config", str(DANCETRACK), "--runs", str(tmp_path / "runs")])
     assert "argument --config: needs --source" in capsys.readouterr().err
