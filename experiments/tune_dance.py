@@ -297,6 +297,9 @@ def main(argv=None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address is None:
         use_private_auth_token()
+        # A local Ray has no preemptible nodes; Ray Train's preemption watcher only prints an error-level line per
+        # trial here (its constructor arguments in the object store). Cluster runs keep it.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(address=address)
     if exp.max_concurrent_trials is None:  # trials beyond what the CPUs can run would only wait, holding processes
         cpus = int(ray.cluster_resources().get("CPU", 1))

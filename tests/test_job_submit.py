@@ -34,6 +34,12 @@ def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, 
     assert set(best[0]["config"]) == {"aug_strength", "photometric_prob", "channel_swap_prob", "rpn_weight",
                                       "roi_weight", "contrastive_weight", "ema_momentum", "conf_thr", "lr"}
     assert "best trials of job" in result.stdout
+    # A console a person reads: a line per trial event, not Tune's config tables, Ray Train's echo of every
+    # report or py-motmetrics' timings.
+    output = result.stdout + result.stderr
+    assert "epoch 1/1: HOTA" in output and "[1/1 trials done" in output
+    for noise in ("started with configuration", "Reporting training result", "partials:"):
+        assert noise not in output, noise
     assert list((runs / "tune" / "job" / "wandb").glob("offline-run-*"))  # one W&B run for the trial
     report = (runs / "tune" / "job" / "report.html").read_text()  # the offline report, linking the trial
     trial_id = best[0]["trial"].split("=")[0]  # the report escapes the rest of Tune's long trial name

@@ -211,6 +211,15 @@ def evaluate_sharded(model, sequences, tracker_params: dict, rank: int, world: i
     return results, (score_results(with_gt, results) if with_gt else {})
 
 
+def quiet_report_echo() -> None:
+    """Ray Train 2.60 echoes every report (`Reporting training result ...`, the whole metrics dict) at INFO through
+    a logger named by its file's path, outside `ray.train`, which RunConfig's LoggingConfig sets; Ray's log files
+    keep the record."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_func(config: dict) -> str | None:
     """The per-worker loop handed to TorchTrainer. `config` = TrainLoopConfig fields as a dict. Returns the error
     that stopped the run early (a non-finite loss; the Result's `return_value`), None when it ran to the end."""
@@ -221,6 +230,7 @@ def train_func(config: dict) -> str | None:
     from darth_ray.eval.metrics import COMBINED
 
     loop = TrainLoopConfig.from_dict(config)
+    quiet_report_echo()
     darth_config = loop.darth
     torch.set_num_threads(loop.threads_per_worker)
     context = ray.train.get_context()

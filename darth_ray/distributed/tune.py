@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
+from darth_ray.distributed.progress import ConsoleProgress
 from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, RANKING_METRICS, NonFiniteLossError,
                                          TrainLoopConfig, train_func)
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
@@ -188,7 +189,9 @@ def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
                                        callbacks=[] if reports is None else [_ReportsToQueue(reports)],
                                        failure_config=ray.train.FailureConfig(max_failures=max_failures),
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                       # not every report's echo on the console (Ray's log files keep them)
+                                       logging_config=ray.train.LoggingConfig(log_level="WARNING")))
     result = trainer.fit() if reports is None else _fit_reporting_to_tune(trainer, reports, tune_checkpoints)
     if result.return_value:  # train_func stopped at a non-finite loss
         last = result.checkpoint.path if result.checkpoint else "none"
@@ -381,8 +384,10 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         path.rename(aside)
         log.info("starting a new experiment %s; the previous one moved to %s", path, aside)
     atomic_write_json(path / EXPERIMENT_FILE, settings)
-    callbacks = [] if exp.wandb is None else [WandbCallback(exp.wandb, exp.name, exp.storage_path,
-                                                            exp.workers_per_trial)]
+    callbacks = [ConsoleProgress(exp.metric, [".".join(path) for path, _ in search_leaves(exp.search_space)],
+                                 exp.num_samples, exp.loop.darth.epochs)]
+    if exp.wandb is not None:
+        callbacks.append(WandbCallback(exp.wandb, exp.name, exp.storage_path, exp.workers_per_trial))
     search_alg = None
     if exp.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -396,6 +401,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
                                     max_concurrent_trials=exp.max_concurrent_trials),
         run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0),
+                                  verbose=0,  # ConsoleProgress prints a line per trial event instead of tables
                                   stop=at_last_epoch if exp.scheduler == "pbt" else None,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=exp.keep_checkpoints)),
     )

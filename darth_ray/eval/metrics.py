@@ -39,6 +39,18 @@ from darth_ray.io import InputError
 
 log = logging.getLogger(__name__)
 
+
+class _QuietMotmetrics(logging.Filter):
+    """py-motmetrics logs its timings (`partials: 0.03 seconds.`) as INFO on the root logger, a line per
+    evaluation on every Ray worker's console; its warnings pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "motmetrics" not in Path(record.pathname).parts
+
+
+if not any(isinstance(f, _QuietMotmetrics) for f in logging.getLogger().filters):
+    logging.getLogger().addFilter(_QuietMotmetrics())
+
 METRICS = ("HOTA", "DetA", "AssA", "LocA", "MOTA", "IDF1", "IDSW", "FP", "FN")
 COMBINED = "COMBINED"
 AVERAGE = "AVERAGE"  # the per-class row of the mean over classes with ground truth (Scalabel's name)
