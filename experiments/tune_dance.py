@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "cluster wants it set to what it may grow to")
     g.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
                    help="trial scheduler (asha); pbt: Population Based Training over the searched knobs, trials "
-                        "cloning the better trials' checkpoints every epoch")
+                        "cloning the better trials' checkpoints every epoch; pb2: the same cloning, new values from "
+                        "PB2's Gaussian-process bandit within the search space's bounds")
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
     g.add_argument("--metric", choices=RANKING_METRICS, default="HOTA",
                    help="what trials are ranked by (HOTA); mHOTA: the mean of the per-class HOTAs (BDD100K's "

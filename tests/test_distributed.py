@@ -205,10 +205,23 @@ def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
         assert 0.5 <= result.config["darth"]["conf_thr"] <= 0.9
     # Both trials' worker CPUs are released (trial functions hold none), so the next experiment can start.
     import ray
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # Ray Train's placement-group cleaner is slow on a loaded machine
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(1)
     assert ray.available_resources().get("CPU", 0) == 2
+
+
+def test_pb2_searches_the_numeric_ranges_and_refuses_a_categorical_before_ray(tiny, tmp_path):
+    from darth_ray.distributed.tune import pb2_bounds, trial_scheduler
+
+    space = {"darth": {"lr": tune.loguniform(5e-4, 5e-3), "frames_per_batch": tune.randint(1, 4)}}
+    assert pb2_bounds(space) == {"darth": {"lr": [5e-4, 5e-3], "frames_per_batch": [1, 3]}}
+    exp = ExperimentConfig(name="pb2", storage_path=str(tmp_path), loop=loop_config(tiny), scheduler="pb2",
+                           search_space=space)
+    assert trial_scheduler(exp)._hyperparam_bounds == pb2_bounds(space)
+    with pytest.raises(ValueError, match=r"search space darth.method: PB2 searches numeric ranges only"):
+        ExperimentConfig(name="pb2", storage_path=str(tmp_path), loop=loop_config(tiny), scheduler="pb2",
+                         search_space={"darth": {"method": tune.choice(["kd", "darth"])}})
 
 
 def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, local_ray, monkeypatch):
@@ -353,7 +366,9 @@ def test_a_diverging_trial_errors_with_its_last_good_checkpoint_and_the_others_f
     assert [row["error"] is None for row in best] == [True, False]
 
 
-def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(tiny, tmp_path, local_ray, monkeypatch):
+@pytest.mark.parametrize("scheduler", ["pbt", "pb2"])
+def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(scheduler, tiny, tmp_path, local_ray,
+                                                                      monkeypatch):
     import torch
 
     from darth_ray.adapt.loop import AdaptationRun
@@ -361,7 +376,7 @@ def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(tiny, tmp_
     from darth_ray.distributed.train import STATE_FILE
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    exp = ExperimentConfig(name="pbt", storage_path=str(tmp_path), scheduler="pbt", num_samples=2,
+    exp = ExperimentConfig(name="pbt", storage_path=str(tmp_path), scheduler=scheduler, num_samples=2,
                            max_concurrent_trials=2, search_space={"darth": {"lr": tune.loguniform(1e-4, 1e-2)}},
                            loop=loop_config(tiny, darth={"epochs": 2, "lr_steps": (1,), "conf_thr": 0.05}),
                            keep_checkpoints=5, wandb={"mode": "offline"})

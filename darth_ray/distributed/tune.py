@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 TRIAL_MEMORY = 256 * 2**20  # bytes reserved by each trial function (its driver of the TorchTrainer)
 EXPERIMENT_FILE = "darth_experiment.json"
 # "pbt": Population Based Training, its mutations the search space: every epoch the worse half of the trials restart
-# from the better half's checkpoints (student, teacher, optimiser, step) with perturbed values.
-SCHEDULERS = ("asha", "fifo", "pbt")  # in the experiment directory: the settings its trials were run with
+# from the better half's checkpoints (student, teacher, optimiser, step) with perturbed values. "pb2": the same
+# cloning, the new values chosen by PB2's Gaussian-process bandit within the search space's bounds.
+SCHEDULERS = ("asha", "fifo", "pbt", "pb2")
+CLONING_SCHEDULERS = ("pbt", "pb2")  # in the experiment directory: the settings its trials were run with
 # Settings added since experiments were first stored: an older experiment file without them was run with these.
 SETTINGS_DEFAULTS = {"metric": "HOTA"}
 
@@ -142,6 +144,8 @@ class ExperimentConfig:
             if not ok:
                 raise ValueError(f"ExperimentConfig.{name} is invalid: {getattr(self, name)!r}")
         check_search_space(self.loop, self.search_space)
+        if self.scheduler == "pb2":
+            pb2_bounds(self.search_space)  # a knob PB2 cannot search is an error here, before Ray starts
 
 
 def experiment_settings(exp: ExperimentConfig) -> dict:
@@ -327,11 +331,31 @@ def trial_scheduler(exp: "ExperimentConfig"):
         return PopulationBasedTraining(time_attr="epoch", perturbation_interval=1, synch=True, quantile_fraction=0.5,
                                        hyperparam_mutations=dict(exp.search_space),
                                        custom_explore_fn=functools.partial(clamp_to_space, space=exp.search_space))
+    if exp.scheduler == "pb2":
+        from ray.tune.schedulers.pb2 import PB2
+
+        return PB2(time_attr="epoch", perturbation_interval=1, synch=True, quantile_fraction=0.5,
+                   hyperparam_bounds=pb2_bounds(exp.search_space))
     return None
 
 
+def pb2_bounds(space: Mapping) -> dict:
+    """PB2's hyperparam_bounds, nested as the search space: [lower, upper] of every numeric sampler (PB2 models
+    them on a linear scale). A categorical knob is an error naming it: PB2 cannot search it."""
+    from ray.tune.search.sample import Float, Integer
+
+    bounds: dict = {}
+    for path, sampler in search_leaves(space):
+        if not isinstance(sampler, (Float, Integer)):
+            raise ValueError(f"search space {'.'.join(path)}: PB2 searches numeric ranges only, not "
+                             f"{type(sampler).__name__}; use --scheduler pbt")
+        high = sampler.upper - 1 if isinstance(sampler, Integer) else sampler.upper
+        bounds = _with_value(bounds, path, [sampler.lower, high])
+    return bounds
+
+
 def at_last_epoch(trial_id: str, result: dict) -> bool:
-    """Tune's stop condition under PBT: a trial's last evaluation ends it, before PBT would clone a better trial's
+    """Tune's stop condition under PBT and PB2: a trial's last evaluation ends it, before PBT would clone a better trial's
     final weights into it (a restart with nothing left to train)."""
     return result.get("epoch", 0) >= result["config"]["darth"]["epochs"]
 
@@ -358,7 +382,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     does, so later trials wait forever for CPUs."""
     base = {"name": exp.name, "storage_path": exp.storage_path,
             "workers": exp.workers_per_trial, "gpus": exp.gpus_per_worker, "max_failures": exp.max_failures,
-            "tune_checkpoints": exp.scheduler == "pbt"}
+            "tune_checkpoints": exp.scheduler in CLONING_SCHEDULERS}
     # The trial function only waits on its TorchTrainer, so it holds no CPU (even 0.01 CPU per trial would keep the
     # last trial's workers from fitting on a full node; they would time out waiting). Ray rejects an empty resource
     # request: it reserves memory instead.
@@ -402,7 +426,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   verbose=0,  # ConsoleProgress prints a line per trial event instead of tables
-                                  stop=at_last_epoch if exp.scheduler == "pbt" else None,
+                                  stop=at_last_epoch if exp.scheduler in CLONING_SCHEDULERS else None,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=exp.keep_checkpoints)),
     )
     return tuner.fit()
