@@ -196,8 +196,9 @@ def _train_source(args: argparse.Namespace) -> None:
     print(f"final checkpoint: {final}")
 
 
-def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str) -> None:
-    """One --option per field of a config dataclass, typed after its default; defaults stay the dataclass's."""
+def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str, helps: dict | None = None) -> None:
+    """One --option per field of a config dataclass, typed after its default, explained by `helps` (field: text);
+    defaults stay the dataclass's."""
     import dataclasses
     import typing
 
@@ -207,7 +208,7 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str) -> N
         default = f.default
         kind = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        text = f"(default: {default})"
+        text = f"{(helps or {}).get(f.name, '')} (default: {default})".lstrip()
         if isinstance(default, bool):
             g.add_argument(flag, type=_boolean, metavar="BOOL", help=text)
         elif isinstance(default, str):  # the config object validates the name and lists the choices
@@ -443,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over even if OUT/last.pt exists (never in another command's --out)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_dataset_options(p, "--target")
-    from darth_ray.adapt.config import DarthConfig
-    _add_config_options(p, DarthConfig, "DARTH configuration (the knobs Ray Tune searches)")
+    from darth_ray.adapt.config import FIELD_HELP, DarthConfig
+    _add_config_options(p, DarthConfig, "DARTH configuration (the knobs Ray Tune searches; the defaults are the "
+                        "published values)", FIELD_HELP)
     _add_tracker_options(p)
     p.set_defaults(handler=_adapt)
 

@@ -159,3 +159,17 @@ def test_embedded_darth_settings_are_valid_overrides():
 
     config = DarthConfig(**DARTH_SETTINGS)
     assert config.effective_ranges().photometric_prob == DARTH_SETTINGS["photometric_prob"]
+
+
+def test_help_explains_every_darth_knob(capsys):
+    import dataclasses
+
+    from darth_ray.adapt.config import FIELD_HELP
+    from darth_ray.cli import main
+
+    assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(DarthConfig)}
+    with pytest.raises(SystemExit):
+        main(["adapt", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "--conf-thr X teacher detections scoring above it become" in text
+    assert "(published 1088 1088 for r50_fpn) (default: None)" in text

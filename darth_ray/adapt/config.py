@@ -237,3 +237,56 @@ def _problems(c: DarthConfig) -> list[str]:
     if not (integer(c.seed) and c.seed >= 0):
         p.append(f"seed must be an int >= 0, got {c.seed!r}")
     return p
+
+
+# `--help` of every DarthConfig field: what it changes, its range, and the published value (the default unless
+# said otherwise). tests/test_adapt_config.py checks that every field has one.
+FIELD_HELP = {
+    "method": "the test-time adaptation method: source (no update), adabn (target BN statistics), tent (entropy of "
+              "the class scores, BN affine trained), mean_teacher (supervised losses on the EMA teacher's "
+              "pseudo-labels), kd (DARTH without the contrastive loss), darth",
+    "aug_strength": "scales every view augmentation range at once: 0 = the plain resized frame, 1 = the published "
+                    "ranges, 2 = twice as wide; range 0-2",
+    "scale_range": "random rescale of the views around img_scale (mmdet ratio_range); pair low <= high, low > 0",
+    "flip_prob": "probability of a horizontal flip of the teacher and contrastive views; 0-1",
+    "photometric_prob": "probability of each photometric distortion (brightness, contrast, saturation, hue) of the "
+                        "student and contrastive views; 0-1",
+    "brightness_delta": "largest brightness shift, in 0-255 pixel units; 0-255",
+    "contrast_range": "contrast factor range; pair 0 <= low <= high",
+    "saturation_range": "HSV saturation factor range; pair 0 <= low <= high",
+    "hue_delta": "largest HSV hue shift in degrees; 0-180",
+    "channel_swap_prob": "probability of a random colour channel permutation; 0-1",
+    "photometric_impl": "mmtrack: the published float BGR/HSV distortion; affine: a faster uint8 approximation (a "
+                        "deliberate difference)",
+    "img_scale": "views resize to fit W H keeping the ratio, then crop to at most W H; unset: the model's test "
+                 "scale (published 1088 1088 for r50_fpn)",
+    "frame_size": "the plain frame is first resized to W H ignoring its ratio, before pseudo-labels and views "
+                  "(published 1920 1080 for the pedestrian targets); unset: as loaded",
+    "rpn_weight": "weight of the RPN consistency loss (student vs teacher objectness and deltas); >= 0",
+    "roi_weight": "weight of the RoI-head consistency loss (class logits and deltas on the teacher's proposals); >= 0",
+    "contrastive_weight": "weight of the patch contrastive loss (QDTrack's track losses between the student and "
+                          "contrastive views; 0 = the KD ablation); >= 0",
+    "loss_track_weight": "weight of the multi-positive cross-entropy inside the contrastive loss; >= 0",
+    "loss_track_aux_weight": "weight of the L2 auxiliary track loss inside the contrastive loss; >= 0",
+    "ema_momentum": "the student's weight in the teacher's EMA after every step (0 = a frozen teacher), for a batch "
+                    "of base-batch-size frames (see scale-to-batch); 0-1",
+    "conf_thr": "teacher detections scoring above it become pseudo-boxes (higher: fewer, cleaner); 0-1",
+    "target_bn_stats": "re-estimate every BatchNorm's statistics on the target frames first (AdaBN); published: "
+                       "false (mmdet's R50 keeps ImageNet's)",
+    "lr": "SGD learning rate for a batch of base-batch-size frames (see scale-to-batch); > 0",
+    "base_batch_size": "the total batch lr and ema-momentum were set for (8 GPUs x 2 frames); >= 1",
+    "scale_to_batch": "keep the per-frame behaviour for the real batch B = frames-per-batch x workers: lr x "
+                      "B/base, m' = 1 - (1 - m)^(B/base)",
+    "momentum": "SGD momentum; 0 <= m < 1",
+    "weight_decay": "SGD weight decay; >= 0",
+    "grad_clip": "largest L2 norm of all gradients (unset: no clipping); > 0",
+    "epochs": "passes over the target frames; >= 1 (published 4; 12 for the SHIFT/BDD100K targets)",
+    "lr_steps": "epochs after which lr is multiplied by lr-gamma; increasing ints >= 1",
+    "lr_gamma": "lr factor at each lr step; 0 < g <= 1",
+    "warmup_iters": "steps of linear lr warm-up (published 1000 in the 12e configs); >= 0",
+    "warmup_ratio": "lr factor at the first warm-up step (12e configs: 0.001); 0 < r <= 1",
+    "frames_per_batch": "target frames per step per worker; >= 1",
+    "seed": "seeds the frame order and the views (a run resumed from a checkpoint continues exactly)",
+    "amp": "mixed precision of the forwards: off (float32, as published), bf16 (CUDA or CPU), fp16 (CUDA, with a "
+           "gradient scaler); losses and EMA stay float32",
+}
