@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import json
 import math
 import os
 import sys
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"hyperparameters to search (default: all): {', '.join(KNOBS)}")
     g.add_argument("--max-failures", type=at_least(-1), default=1,
                    help="worker-group restarts per trial (1; -1: no limit)")
+    g.add_argument("--repeats", type=at_least(1), default=1,
+                   help="runs of each sampled configuration, with DARTH seeds --seed, --seed + 1, ... (1); the "
+                        "ranking gives each configuration's mean and spread; needs --scheduler fifo")
     g.add_argument("--keep-checkpoints", type=at_least(1), default=3,
                    help="checkpoints kept per trial, the newest (3; PBT clones trials from them)")
     g.add_argument("--no-resume", action="store_true",
@@ -151,6 +155,9 @@ def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         except (InputError, OSError) as e:  # first line: torch's unpickling errors run on for several
             parser.error(f"argument {flag}: {str(e).splitlines()[0]}")
 
+    if args.repeats > 1 and args.scheduler != "fifo":  # before the benchmark and source model are made
+        parser.error(f"argument --repeats: needs --scheduler fifo (a configuration's mean over seeds is biased "
+                     f"when {args.scheduler} stops or clones trials)")
     args.runs = args.runs.resolve()
     check("--runs", lambda: args.runs.mkdir(parents=True, exist_ok=True))
     if args.data is None:
@@ -287,7 +294,7 @@ def main(argv=None) -> int:
                                num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent_trials,
                                scheduler=args.scheduler, search=args.search, metric=args.metric,
                                max_failures=args.max_failures,
-                               keep_checkpoints=args.keep_checkpoints,
+                               keep_checkpoints=args.keep_checkpoints, repeats=args.repeats,
                                seed=args.seed, wandb={"mode": args.wandb_mode, "project": args.wandb_project})
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -335,6 +342,27 @@ def trial_row(result, search_space, metric: str = "HOTA") -> dict:
             "error": error}
 
 
+def format_values(config: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def rank_configurations(rows: list[dict], metric: str) -> list[dict]:
+    """Trials grouped by their searched values (the repeats of one configuration), ranked by their mean `metric`:
+    {config, mean, std (sample; 0 for one trial), n, trials}. Trials without the metric are left out."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row[metric] is not None and not row["error"]:
+            groups.setdefault(json.dumps(row["config"], sort_keys=True), []).append(row)
+    ranked = []
+    for members in groups.values():
+        values = [r[metric] for r in members]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        ranked.append({"config": members[0]["config"], "mean": mean, "std": std, "n": len(values),
+                       "trials": [r["trial"] for r in members]})
+    return sorted(ranked, key=lambda g: -g["mean"])
+
+
 def report(grid, exp) -> int:
     """Print the best trials (by the experiment's metric) with their configs and checkpoints, then the errored
     trials with their errors; write best.json (the ranked trials, then the errored ones)."""
@@ -345,7 +373,7 @@ def report(grid, exp) -> int:
     if ranked:
         print(f"\nbest trials of {exp.name} (by {metric}):")
     for i, r in enumerate(ranked[:5], 1):
-        cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["config"].items())
+        cfg = format_values(r["config"])
         scores = "  ".join(f"{k} {r[k]:.2f}" for k in (metric, *SHOWN_METRICS[metric]))
         print(f"{i}. {r['trial']}: {scores}\n   {cfg}\n   checkpoint: {r['checkpoint']}")
     if errored:
@@ -357,6 +385,14 @@ def report(grid, exp) -> int:
         return 1
     best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", ranked + errored)
     print(f"\nranking written to {best}")
+    if exp.repeats > 1:
+        configurations = rank_configurations(rows, metric)
+        print(f"\nbest configurations of {exp.name} ({metric}, mean +- std over {exp.repeats} seeds):")
+        for i, g in enumerate(configurations[:5], 1):
+            cfg = format_values(g["config"])
+            print(f"{i}. {metric} {g['mean']:.2f} +- {g['std']:.2f} (n={g['n']})\n   {cfg}")
+        path = atomic_write_json(Path(exp.storage_path) / exp.name / "configurations.json", configurations)
+        print(f"configurations written to {path}")
     from darth_ray.eval.report import write_experiment_report
 
     pages = write_experiment_report(Path(exp.storage_path) / exp.name, metric)

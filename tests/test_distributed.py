@@ -211,6 +211,24 @@ def test_optuna_search_with_asha(tiny, tmp_path, local_ray):
     assert ray.available_resources().get("CPU", 0) == 2
 
 
+def test_repeats_run_each_configuration_with_consecutive_seeds(tiny, tmp_path, local_ray):
+    import torch
+
+    from darth_ray.distributed.train import STATE_FILE
+
+    exp = ExperimentConfig(name="repeats", storage_path=str(tmp_path), loop=loop_config(tiny), num_samples=1,
+                           repeats=2, scheduler="fifo", search_space={"darth": {"lr": tune.loguniform(1e-4, 1e-2)}},
+                           max_concurrent_trials=2, wandb=None)
+    grid = run_experiment(exp)
+    assert len(grid) == 2 and not grid.errors
+    assert grid[0].config["darth"]["lr"] == grid[1].config["darth"]["lr"]  # one configuration, twice
+    states = [torch.load(Path(r.metrics["checkpoint_path"]) / STATE_FILE, weights_only=False) for r in grid]
+    seeds = sorted(state["darth_config"]["seed"] for state in states)
+    assert seeds == [0, 1]
+    with pytest.raises(ValueError, match="repeats 2 needs scheduler fifo, not asha"):
+        dataclasses.replace(exp, scheduler="asha")
+
+
 def test_pb2_searches_the_numeric_ranges_and_refuses_a_categorical_before_ray(tiny, tmp_path):
     from darth_ray.distributed.tune import pb2_bounds, trial_scheduler
 

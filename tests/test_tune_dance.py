@@ -186,3 +186,17 @@ def test_a_dataset_root_without_split_is_read_at_its_val_split(tiny, tmp_path):
                               "--runs", str(tmp_path)])
     tune_dance.check_inputs(parser, args)
     assert args.split == "val"
+
+
+def test_repeats_are_ranked_by_their_mean_and_need_fifo(tmp_path, capsys, no_ray_start):
+    rows = [{"trial": t, "HOTA": h, "config": {"lr": lr}, "error": e}
+            for t, h, lr, e in (("a", 60.0, 0.1, None), ("b", 64.0, 0.1, None), ("c", 61.0, 0.2, None),
+                                ("d", None, 0.2, "diverged"), ("e", 70.0, 0.3, "diverged"))]
+    ranked = tune_dance.rank_configurations(rows, "HOTA")
+    assert [(g["config"], g["mean"], g["n"], g["trials"]) for g in ranked] == [
+        ({"lr": 0.1}, 62.0, 2, ["a", "b"]), ({"lr": 0.2}, 61.0, 1, ["c"])]
+    assert ranked[0]["std"] == pytest.approx(8 ** 0.5) and ranked[1]["std"] == 0.0
+    with pytest.raises(SystemExit):  # before the benchmark and the source model are made
+        tune_dance.main(["--repeats", "2", "--runs", str(tmp_path / "runs")])
+    assert "argument --repeats: needs --scheduler fifo" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -35,7 +35,7 @@ EXPERIMENT_FILE = "darth_experiment.json"
 SCHEDULERS = ("asha", "fifo", "pbt", "pb2")
 CLONING_SCHEDULERS = ("pbt", "pb2")  # in the experiment directory: the settings its trials were run with
 # Settings added since experiments were first stored: an older experiment file without them was run with these.
-SETTINGS_DEFAULTS = {"metric": "HOTA"}
+SETTINGS_DEFAULTS = {"metric": "HOTA", "repeats": 1}
 
 
 def search_leaves(space: Mapping, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
@@ -130,6 +130,9 @@ class ExperimentConfig:
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
     keep_checkpoints: int = 3              # per trial, the newest (PBT clones from them; Ray warns below 3)
     seed: int = 0
+    # Each sampled configuration runs `repeats` times, with DARTH seeds seed, seed + 1, ... (Tune's Repeater); the
+    # ranking then gives each configuration's mean and spread. Needs FIFO: early stops or clones would bias means.
+    repeats: int = 1
     wandb: dict | None = field(default_factory=lambda: {"mode": None})
 
     def __post_init__(self):
@@ -140,12 +143,15 @@ class ExperimentConfig:
                          ("keep_checkpoints", self.keep_checkpoints >= 1),
                          ("scheduler", self.scheduler in SCHEDULERS),
                          ("search", self.search in ("random", "optuna")),
-                         ("metric", self.metric in RANKING_METRICS)):
+                         ("metric", self.metric in RANKING_METRICS), ("repeats", self.repeats >= 1)):
             if not ok:
                 raise ValueError(f"ExperimentConfig.{name} is invalid: {getattr(self, name)!r}")
         check_search_space(self.loop, self.search_space)
         if self.scheduler == "pb2":
             pb2_bounds(self.search_space)  # a knob PB2 cannot search is an error here, before Ray starts
+        if self.repeats > 1 and self.scheduler != "fifo":
+            raise ValueError(f"ExperimentConfig.repeats {self.repeats} needs scheduler fifo, not {self.scheduler}: "
+                             "a configuration's mean over seeds is biased when trials are stopped early or cloned")
 
 
 def experiment_settings(exp: ExperimentConfig) -> dict:
@@ -161,7 +167,8 @@ def experiment_settings(exp: ExperimentConfig) -> dict:
                 **{f"tracker.{k}": v for k, v in sorted(loop.tracker.items())},
                 "eval_every_epoch": loop.eval_every_epoch, "workers_per_trial": exp.workers_per_trial,
                 "num_samples": exp.num_samples, "scheduler": exp.scheduler, "search": exp.search,
-                "searched": sorted(".".join(path) for path, _ in search_leaves(exp.search_space)), "seed": exp.seed}
+                "searched": sorted(".".join(path) for path, _ in search_leaves(exp.search_space)), "seed": exp.seed,
+                "repeats": exp.repeats}
     return json.loads(json.dumps(settings))  # as it reads back from the file (tuples become lists)
 
 
@@ -249,8 +256,14 @@ def _trial(config: dict, base: dict) -> None:
     """Tune function trainable: `config` (Tune's draw from the param space) is the trial's train_loop_config. A trial
     PBT restarts (after an exploit: with the donor's checkpoint and perturbed values) starts a new Train run from
     its Tune checkpoint."""
+    from ray.tune.search.repeater import TRIAL_INDEX
+
     trial_id = tune.get_context().get_trial_id()
     storage, name = Path(base["storage_path"]) / base["name"] / "train", trial_id
+    if TRIAL_INDEX in config:  # the repeat of a configuration (ExperimentConfig.repeats): its own DARTH seed
+        config = dict(config)
+        repeat = config.pop(TRIAL_INDEX)
+        config["darth"] = {**config["darth"], "seed": config["darth"]["seed"] + repeat}
     start = tune.get_checkpoint()
     if start is not None:
         config = {**config, "start_from": start.path}
@@ -354,6 +367,23 @@ def pb2_bounds(space: Mapping) -> dict:
     return bounds
 
 
+def search_algorithm(exp: "ExperimentConfig"):
+    """Tune's searcher: None (random draws by Tune's BasicVariantGenerator) or Optuna's TPE; with repeats, either
+    as an Optuna searcher (random sampling or TPE) inside Tune's Repeater, which hands each draw out `repeats`
+    times and reports the searcher their mean."""
+    if exp.search == "random" and exp.repeats == 1:
+        return None
+    import optuna
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    if exp.search == "random":
+        searcher = OptunaSearch(sampler=optuna.samplers.RandomSampler(seed=exp.seed))
+    else:
+        searcher = OptunaSearch(seed=exp.seed)
+    return searcher if exp.repeats == 1 else Repeater(searcher, repeat=exp.repeats, set_index=True)
+
+
 def at_last_epoch(trial_id: str, result: dict) -> bool:
     """Tune's stop condition under PBT and PB2: a trial's last evaluation ends it, before PBT would clone a better trial's
     final weights into it (a restart with nothing left to train)."""
@@ -409,18 +439,14 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         log.info("starting a new experiment %s; the previous one moved to %s", path, aside)
     atomic_write_json(path / EXPERIMENT_FILE, settings)
     callbacks = [ConsoleProgress(exp.metric, [".".join(path) for path, _ in search_leaves(exp.search_space)],
-                                 exp.num_samples, exp.loop.darth.epochs)]
+                                 exp.num_samples * exp.repeats, exp.loop.darth.epochs)]
     if exp.wandb is not None:
         callbacks.append(WandbCallback(exp.wandb, exp.name, exp.storage_path, exp.workers_per_trial))
-    search_alg = None
-    if exp.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(seed=exp.seed)
+    search_alg = search_algorithm(exp)
     tuner = tune.Tuner(
         trainable,
         param_space=trial_param_space(exp),
-        tune_config=tune.TuneConfig(metric=exp.metric, mode="max", num_samples=exp.num_samples,
+        tune_config=tune.TuneConfig(metric=exp.metric, mode="max", num_samples=exp.num_samples * exp.repeats,
                                     scheduler=trial_scheduler(exp), search_alg=search_alg,
                                     max_concurrent_trials=exp.max_concurrent_trials),
         run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,
