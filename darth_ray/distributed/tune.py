@@ -20,8 +20,8 @@ from typing import Any, Mapping
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, RANKING_METRICS, NonFiniteLossError,
-                                         TrainLoopConfig, train_func)
+from darth_ray.distributed.train import (ERROR_KEY, EVALUATED_KEY, RANKING_METRICS, REPORTED_METRICS,
+                                         NonFiniteLossError, TrainLoopConfig, train_func)
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,8 @@ class WandbCallback(tune.Callback):
         if losses:  # none: a method that learns nothing (source, adabn), or a restart with nothing left to do
             logger.log_step(result["step"], losses, result["lr"])
         if result.get(EVALUATED_KEY):
-            logger.log_eval(result["step"], {k: result[k] for k in EVAL_METRICS})
+            # HOTA and the label-free scores side by side (eval/*); a result from before label-free has none
+            logger.log_eval(result["step"], {k: result[k] for k in REPORTED_METRICS if k in result})
 
     def _finish(self, trial, exit_code: int) -> None:
         logger = self.loggers.pop(trial.trial_id, None)
