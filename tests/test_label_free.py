@@ -1,7 +1,8 @@
 """Label-free model selection (darth_ray/eval/label_free.py): each score on crafted detections and tracks, on a
-sequence without ground truth, and logged beside HOTA."""
+sequence without ground truth, reported beside HOTA (W&B, Tune's ranking) and correlated with it in the report."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from types import SimpleNamespace
@@ -129,3 +130,47 @@ def test_wandb_logs_label_free_scores_beside_hota():
     callback.on_trial_result(0, [], SimpleNamespace(trial_id="t"), {"step": 4, "evaluated": True, **scores})
     assert {k: logged[0][k] for k in LABEL_FREE_METRICS} == {k: scores[k] for k in LABEL_FREE_METRICS}
     assert math.isnan(logged[0]["HOTA"])
+
+
+def test_tune_may_rank_by_a_label_free_score_and_nothing_else(tmp_path):
+    from darth_ray.distributed.train import TrainLoopConfig
+    from darth_ray.distributed.tune import ExperimentConfig
+
+    loop = TrainLoopConfig(source=str(tmp_path / "source.pt"), target=str(tmp_path))
+    for name in LABEL_FREE_METRICS:
+        assert ExperimentConfig(name="e", storage_path=str(tmp_path), loop=loop, metric=name).metric == name
+    with pytest.raises(ValueError, match="ExperimentConfig.metric is invalid: 'bogus'"):
+        ExperimentConfig(name="e", storage_path=str(tmp_path), loop=loop, metric="bogus")
+
+
+def write_trial(experiment, name: str, evaluation: dict) -> None:
+    folder = experiment / f"trial_{name}"
+    folder.mkdir(parents=True)
+    rows = [{"epoch": 0, "HOTA": math.nan, "trial_id": name, "config": {"lr": 0.001}},
+            {"epoch": 1, "trial_id": name, "config": {"lr": 0.001}, **evaluation}]
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_correlates_each_label_free_score_with_hota(tmp_path):
+    from darth_ray.eval.report import read_trials, write_experiment_report
+
+    exp = tmp_path / "exp"
+    hota = [10.0, 20.0, 30.0, 40.0]
+    agreement_ = [0.1, 0.3, 0.2, 0.4]  # ranks 1 3 2 4 against 1 2 3 4: 1 - 6 x (0 + 1 + 1 + 0) / (4 x 15) = 0.8
+    confidence = [0.9, 0.8, 0.7, 0.6]  # the reverse order: -1
+    for i, name in enumerate("abcd"):
+        long_tracks = {"lf_long_tracks": float(i)} if i else {}  # missing in one trial
+        write_trial(exp, name, {"HOTA": hota[i], "lf_agreement": agreement_[i], "lf_stability": 0.5,
+                                "lf_confidence": confidence[i], **long_tracks})
+    report = write_experiment_report(exp, metric="lf_agreement")
+    correlations = json.loads((exp / "label_free.json").read_text())
+    assert correlations["lf_agreement"] == {"spearman": pytest.approx(0.8), "trials": 4}
+    assert correlations["lf_confidence"]["spearman"] == pytest.approx(-1.0)
+    assert correlations["lf_stability"] == {"spearman": None, "trials": 4}  # constant: undefined
+    assert correlations["lf_long_tracks"] == {"spearman": pytest.approx(1.0), "trials": 3}
+    page = report.read_text()
+    assert "best: d, lf_agreement 0.40" in page and "selected without labels (label-free)" in page
+    assert "<td>lf_agreement</td><td>0.8</td><td>4</td>" in page
+    # a target without labels: evaluations that hold label-free scores only still count and rank
+    write_trial(exp, "e", {"HOTA": math.nan, "lf_agreement": 0.9})
+    assert {t.name: t.best("lf_agreement") for t in read_trials(exp)}["e"] == 0.9

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW", "mHOTA", "mMOTA", "mIDF1")
 # Every evaluation also reports the label-free scores (eval/label_free.py), with or without ground truth.
 REPORTED_METRICS = EVAL_METRICS + LABEL_FREE_METRICS
-RANKING_METRICS = ("HOTA", "mHOTA")  # what Tune may rank trials by; each has its best_<metric> in every report
+# What Tune may rank trials by (maximised; each has its best_<metric> in every report): HOTA and mHOTA need the
+# target's labels ("oracle" selection), the label-free scores do not.
+RANKING_METRICS = ("HOTA", "mHOTA") + LABEL_FREE_METRICS
 STATE_FILE = "darth_state.pt"
 PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
 ERROR_KEY = "error"  # in the last report of a run stopped by a non-finite loss: what happened

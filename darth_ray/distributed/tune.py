@@ -1,9 +1,8 @@
 """Ray Tune over DARTH: every trial is a function trainable that builds and fits a TorchTrainer (the pattern Ray
 recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting each of its reports to Tune (with
-the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA or, for several classes, their mean mHOTA
-(`ExperimentConfig.metric`); ASHA stops weak trials after each evaluated epoch, PBT restarts them from better
-trials' checkpoints. W&B runs are written by the driver
-(`WandbCallback`).
+the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA or, for several classes, their mean mHOTA,
+or without labels by a label-free score (`ExperimentConfig.metric`); ASHA stops weak trials after each evaluated
+epoch, PBT restarts them from better trials' checkpoints. W&B runs are written by the driver (`WandbCallback`).
 """
 from __future__ import annotations
 
@@ -123,7 +122,9 @@ class ExperimentConfig:
     max_concurrent_trials: int | None = None
     scheduler: str = "asha"                # one of SCHEDULERS
     search: str = "random"                 # "random" or "optuna"
-    metric: str = "HOTA"                   # what trials are ranked by (one of RANKING_METRICS, maximised)
+    # What trials are ranked by (one of RANKING_METRICS, maximised): HOTA/mHOTA with the target's labels ("oracle"),
+    # lf_* without (eval/label_free.py)
+    metric: str = "HOTA"
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
     keep_checkpoints: int = 3              # per trial, the newest (PBT clones from them; Ray warns below 3)
     seed: int = 0
