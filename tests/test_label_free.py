@@ -100,7 +100,7 @@ def test_agreement_and_stability_of_crafted_detectors(monkeypatch):
 
 def test_scores_of_a_real_model_on_a_sequence_without_ground_truth(tiny, tmp_path, monkeypatch):
     from darth_ray.data.mot import load_sequences
-    from darth_ray.eval.track import track_sequences
+    from darth_ray.distributed.train import evaluate_sharded
     from darth_ray.models.qdtrack import load_checkpoint
 
     source = load_sequences(tiny / "bench" / "night", split="val")[0]
@@ -112,10 +112,11 @@ def test_scores_of_a_real_model_on_a_sequence_without_ground_truth(tiny, tmp_pat
     monkeypatch.setattr(label_free, "CONFIDENT", 0.3)  # the random-init model's scores are about 0.45
     overlaps = view_overlaps(model, model, sequences[0])
     assert overlaps["lf_agreement"][1] > 0 and agreement(overlaps["lf_agreement"]) == pytest.approx(1.0)
-    results = track_sequences(model, sequences, tracker_params={"init_score_thr": 0.05, "obj_score_thr": 0.05},
-                              show_progress=False)
-    scores = label_free_scores(results, [overlaps])
-    assert set(scores) == set(LABEL_FREE_METRICS) and all(0.0 <= v <= 1.0 for v in scores.values())
+    # as the Ray Train worker evaluates: nothing to score against, the label-free scores all the same
+    _, with_labels, scores = evaluate_sharded(model, sequences, {"init_score_thr": 0.05, "obj_score_thr": 0.05},
+                                              rank=0, world=1, reference=model)
+    assert with_labels == {} and set(scores) == set(LABEL_FREE_METRICS)
+    assert all(0.0 <= v <= 1.0 for v in scores.values()) and scores["lf_agreement"] == pytest.approx(1.0)
     assert scores["lf_confidence"] > 0.3 and scores["lf_long_tracks"] == 0.0  # 2 frames: every track is short
 
 
