@@ -214,8 +214,8 @@ def _html(experiment_dir: Path, trials: list[Trial], metric: str, correlations: 
                if (experiment_dir / "best.json").is_file() else "")
     selection = ("selected with the target's labels (oracle)" if metric in ORACLE_METRICS
                  else "selected without labels (label-free)")
-    correlation_rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_number_text(c['spearman'])}</td><td>{c['trials']}"
-                      "</td></tr>" for name, c in correlations.items())
+    correlation_rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_number_text(c['spearman'])}</td>"
+                               f"<td>{c['trials']}</td></tr>" for name, c in correlations.items())
     name = html.escape(experiment_dir.name)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{name}</title>
