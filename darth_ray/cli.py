@@ -255,7 +255,8 @@ def _adapt(args: argparse.Namespace) -> None:
     from darth_ray.adapt.config import DarthConfig
     from darth_ray.adapt.loop import adapt
     from darth_ray.adapt.methods import METHODS
-    from darth_ray.eval.metrics import format_table
+    from darth_ray.eval.label_free import LABEL_FREE_METRICS
+    from darth_ray.eval.metrics import COMBINED, format_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,6 +280,8 @@ def _adapt(args: argparse.Namespace) -> None:
         if "source_metrics" in summary:
             print("source model:\n" + format_table(summary["source_metrics"]))
         print(f"{METHODS[config.method].title}:\n" + format_table(summary["metrics"]))
+        combined = summary["metrics"][COMBINED]
+        print("label-free: " + "  ".join(f"{k} {combined[k]:.3f}" for k in LABEL_FREE_METRICS))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
 
 

@@ -1,4 +1,5 @@
-"""Ray Tune search over DARTH hyperparameters, trials ranked by HOTA (or mHOTA, the mean over classes).
+"""Ray Tune search over DARTH hyperparameters, trials ranked by HOTA (or mHOTA, the mean over classes), or without
+labels by a label-free score (--select-by lf_agreement).
 
 With no arguments: generate the embedded DanceTrack-like benchmark (cached in runs/benchmark), train a source
 model on its clean domain or reuse the cached one (runs/source/final.pt), then tune DARTH on the `night` target
@@ -7,12 +8,13 @@ domain on a local Ray, sized for a 2-CPU laptop; trials start from the benchmark
 (`ray job submit --working-dir . -- python experiments/tune_dance.py --data /data/DanceTrack --split val --source
 qdtrack_mot17.pt --workers-per-trial 2 --gpus-per-worker 1 --num-samples 32`) the same script runs a real
 experiment; `--data` may be any format darth-ray reads (a BDD100K `box_track_val_cocofmt.json` with `--images`,
-Scalabel labels, a SHIFT view), and `--metric mHOTA` ranks trials by the class-averaged HOTA.
+Scalabel labels, a SHIFT view), and `--select-by mHOTA` ranks trials by the class-averaged HOTA.
 
 Results: runs/tune/<name>/ (Tune's experiment directory: one folder per trial, resumable), the Train runs with
 their checkpoints under runs/tune/<name>/train/, W&B runs under runs/tune/<name>/wandb/ (offline without an API
-key), runs/tune/<name>/best.json with the ranking, and runs/tune/<name>/report.html with summary.png (--metric per
-trial over epochs, hyperparameters against it).
+key), runs/tune/<name>/best.json with the ranking, runs/tune/<name>/label_free.json (each label-free score's rank
+correlation with HOTA across the trials) and runs/tune/<name>/report.html with summary.png (--select-by per trial
+over epochs, hyperparameters against it).
 """
 from __future__ import annotations
 
@@ -117,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "cloning the better trials' checkpoints every epoch; pb2: the same cloning, new values from "
                         "PB2's Gaussian-process bandit within the search space's bounds")
     g.add_argument("--search", choices=("random", "optuna"), default="random", help="search algorithm (random)")
-    g.add_argument("--metric", choices=RANKING_METRICS, default="HOTA",
-                   help="what trials are ranked by (HOTA); mHOTA: the mean of the per-class HOTAs (BDD100K's "
-                        "headline metric; with one class it is HOTA)")
+    g.add_argument("--select-by", "--metric", dest="metric", choices=RANKING_METRICS, default="HOTA",
+                   help="what trials are ranked by (HOTA); HOTA and mHOTA (the mean of the per-class HOTAs, BDD100K's "
+                        "headline metric) use the target's labels (oracle selection), lf_* do not "
+                        "(darth_ray/eval/label_free.py)")
     g.add_argument("--searched", nargs="+", default=KNOBS, choices=KNOBS, metavar="KNOB",
                    help=f"hyperparameters to search (default: all): {', '.join(KNOBS)}")
     g.add_argument("--max-failures", type=at_least(-1), default=1,
@@ -323,8 +326,9 @@ def main(argv=None) -> int:
     return report(grid, exp)
 
 
-# Beside the metric trials are ranked by: the trial's last evaluation.
+# Beside the metric trials are ranked by: the trial's last evaluation (HOTA and others beside a label-free score).
 SHOWN_METRICS = {"HOTA": ("DetA", "AssA", "MOTA", "IDF1"), "mHOTA": ("mMOTA", "mIDF1", "HOTA", "MOTA", "IDF1")}
+BESIDE_LABEL_FREE = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
 
 
 def trial_row(result, search_space, metric: str = "HOTA") -> dict:
@@ -337,7 +341,7 @@ def trial_row(result, search_space, metric: str = "HOTA") -> dict:
     best = m.get(f"best_{metric}", m.get(metric))
     error = m.get("error") or (str(result.error).strip().splitlines()[-1] if result.error else None)
     return {"trial": Path(result.path).name, metric: None if best is None or math.isnan(best) else best,
-            **{k: m.get(k) for k in SHOWN_METRICS[metric]},
+            **{k: m.get(k) for k in SHOWN_METRICS.get(metric, BESIDE_LABEL_FREE)},
             "config": searched_values(result.config, search_space), "checkpoint": m.get("checkpoint_path"),
             "error": error}
 
@@ -374,7 +378,7 @@ def report(grid, exp) -> int:
         print(f"\nbest trials of {exp.name} (by {metric}):")
     for i, r in enumerate(ranked[:5], 1):
         cfg = format_values(r["config"])
-        scores = "  ".join(f"{k} {r[k]:.2f}" for k in (metric, *SHOWN_METRICS[metric]))
+        scores = "  ".join(f"{k} {r[k]:.2f}" for k in (metric, *SHOWN_METRICS.get(metric, BESIDE_LABEL_FREE)))
         print(f"{i}. {r['trial']}: {scores}\n   {cfg}\n   checkpoint: {r['checkpoint']}")
     if errored:
         print(f"\nerrored trials of {exp.name}:")
@@ -383,19 +387,24 @@ def report(grid, exp) -> int:
     if not ranked:
         print(f"no trial reported {metric}; see the trial logs under", Path(exp.storage_path) / exp.name)
         return 1
-    best = atomic_write_json(Path(exp.storage_path) / exp.name / "best.json", ranked + errored)
+    from darth_ray.eval.report import ORACLE_METRICS, label_free_correlations, read_trials, write_experiment_report
+
+    print("selected with the target's labels (oracle)" if metric in ORACLE_METRICS else "selected without labels")
+    experiment_dir = Path(exp.storage_path) / exp.name
+    best = atomic_write_json(experiment_dir / "best.json", ranked + errored)
     print(f"\nranking written to {best}")
     if exp.repeats > 1:
         configurations = rank_configurations(rows, metric)
         print(f"\nbest configurations of {exp.name} ({metric}, mean +- std over {exp.repeats} seeds):")
         for i, g in enumerate(configurations[:5], 1):
-            cfg = format_values(g["config"])
-            print(f"{i}. {metric} {g['mean']:.2f} +- {g['std']:.2f} (n={g['n']})\n   {cfg}")
-        path = atomic_write_json(Path(exp.storage_path) / exp.name / "configurations.json", configurations)
+            print(f"{i}. {metric} {g['mean']:.2f} +- {g['std']:.2f} (n={g['n']})\n   {format_values(g['config'])}")
+        path = atomic_write_json(experiment_dir / "configurations.json", configurations)
         print(f"configurations written to {path}")
-    from darth_ray.eval.report import write_experiment_report
-
-    pages = write_experiment_report(Path(exp.storage_path) / exp.name, metric)
+    print("\nlabel-free scores against HOTA (Spearman's rank correlation across trials):")
+    for name, c in label_free_correlations(read_trials(experiment_dir)).items():
+        rho = "undefined" if c["spearman"] is None else f"{c['spearman']:+.2f}"
+        print(f"  {name:<16} {rho} ({c['trials']} trials)")
+    pages = write_experiment_report(experiment_dir, metric)
     print(f"report (opens offline): {pages}")
     return 0
 

@@ -14,7 +14,8 @@ from darth_ray.adapt.config import DarthConfig
 from darth_ray.eval.track import track_and_score, track_sequences
 from darth_ray.data.dataset import load_dataset
 from darth_ray.data.mot import load_sequences
-from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, NonFiniteLossError, TrainLoopConfig
+from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, STATE_FILE, NonFiniteLossError, TrainLoopConfig
+from darth_ray.eval.label_free import LABEL_FREE_METRICS, score_without_labels
 from darth_ray.distributed.tune import (EXPERIMENT_FILE, ExperimentConfig, experiment_settings, fit_trial,
                                         run_experiment, settings_changes)
 from darth_ray.io import InputError
@@ -50,6 +51,8 @@ def loop_config(tiny, darth: dict | None = None, **overrides) -> TrainLoopConfig
 
 
 def test_two_workers_stay_in_sync_and_sharded_eval_equals_single_process(tiny, tmp_path, local_ray):
+    import torch
+
     # Target BN statistics too: each worker estimates them on its own shard, so only pooling keeps ranks in sync.
     darth = {"epochs": 1, "lr_steps": (1,), "conf_thr": 0.05, "target_bn_stats": True}
     result = fit_trial(loop_config(tiny, darth=darth), workers=2, gpus_per_worker=0, storage_path=str(tmp_path),
@@ -59,9 +62,14 @@ def test_two_workers_stay_in_sync_and_sharded_eval_equals_single_process(tiny, t
     assert m["ranks_in_sync"] is True
     with result.checkpoint.as_directory() as d:
         student, _ = load_checkpoint(Path(d) / "final.pt")
+        teacher, _ = load_checkpoint(Path(d) / "final.pt")
+        teacher.load_state_dict(torch.load(Path(d) / STATE_FILE, weights_only=False)["teacher"])
     sequences = load_sequences(tiny / "bench" / "night", split="val")
-    _, single = track_and_score(student, sequences, LOW)
+    results, single = track_and_score(student, sequences, LOW)
     assert single[COMBINED]["FP"] + single[COMBINED]["DetA"] > 0  # non-trivial output to compare
+    # the label-free scores too, the agreement's with the EMA teacher, pooled over the two workers' sequences
+    label_free = score_without_labels(student, teacher, sequences, results)
+    assert {k: m[k] for k in LABEL_FREE_METRICS} == pytest.approx(label_free)
     # One class: its means (mHOTA, mMOTA, mIDF1) are the overall values, reported all the same (Tune may rank by them)
     expected = {**{mean: single[COMBINED][overall] for mean, overall in CLASS_MEANS.items()}, **single[COMBINED]}
     for key in EVAL_METRICS:
@@ -268,6 +276,9 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
         assert all({"train/loss_rpn", "train/loss_roi", "train/loss_contrastive", "train/lr"} <= set(r) for r in steps)
         evals = [row for row in run.history if "eval/HOTA" in row]
         assert len(evals) == 1 and run.summary["best/HOTA"] == pytest.approx(evals[0]["eval/HOTA"])
+        last = next(r.metrics for r in grid if r.metrics["trial_id"] == trial_id)
+        assert {k: evals[0][f"eval/{k}"] for k in LABEL_FREE_METRICS} == pytest.approx(
+            {k: last[k] for k in LABEL_FREE_METRICS})  # beside HOTA
 
     again = run_experiment(exp)  # resumes: finished trials are kept, none rerun
     assert sorted(r.metrics["trial_id"] for r in again) == sorted(trial_configs)

@@ -132,7 +132,11 @@ def test_cli_method_is_recorded_and_a_resume_with_another_is_refused(tiny, tmp_p
     assert err.count("\n") == 1 and not (tmp_path / "out").exists()
     assert main(args + ["--method", "source"]) == 0
     assert json.loads((tmp_path / "out" / "darth_run.json").read_text())["provenance"]["method"] == "source"
-    assert "source model:" in capsys.readouterr().out
+    combined = json.loads((tmp_path / "out" / "metrics.json").read_text())["COMBINED"]
+    assert combined["lf_agreement"] == 1.0  # the source model compared with itself
+    assert all(0.0 <= combined[k] <= 1.0 for k in ("lf_stability", "lf_confidence", "lf_long_tracks"))
+    out = capsys.readouterr().out
+    assert "source model:" in out and "label-free: lf_agreement 1.000  lf_stability" in out
     assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == ["metrics.png"]  # no losses to plot
     assert main(args + ["--method", "adabn"]) == 2
     assert "method: source -> adabn" in capsys.readouterr().err

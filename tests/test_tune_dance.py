@@ -96,7 +96,8 @@ def coco_argv(root, tmp_path, **flags) -> list[str]:
     ({"--class-map": "person=human"}, "--data", "class_map maps 'person'"),
     ({"--split": "val"}, "--split", "no 'val' split in"),
     ({"--classes": "pedestrian"}, "--source", "the model has 2 classes, the target data 1 (pedestrian)"),
-    ({"--metric": "MOTA"}, "--metric", "invalid choice: 'MOTA' (choose from 'HOTA', 'mHOTA')"),
+    ({"--select-by": "bogus"}, "--select-by/--metric", "invalid choice: 'bogus' (choose from 'HOTA', 'mHOTA', "
+     "'lf_agreement', 'lf_stability', 'lf_confidence', 'lf_long_tracks')"),
     ({"--class-map": "pedestrian"}, "--class-map", "expected MODEL_CLASS=DATASET_CATEGORY"),
     # a MOTChallenge folder has one class, pedestrian
     ({"--data": "{bench}/night", "--split": "val", "--images": None, "--classes": "ball"}, "--data",
@@ -149,7 +150,9 @@ class FakeResult:
         self.config = {"darth": {"lr": metrics["lr"]}}
 
 
-def test_trials_are_ranked_by_the_experiment_metric(tmp_path, capsys):
+def experiment_of(tmp_path, metric: str, scores: dict[str, dict]):
+    """An ExperimentConfig ranking by `metric` and the results of its trials, {trial: its last evaluation}, as
+    Tune returns them and wrote them under tmp_path/exp."""
     import json
 
     from ray import tune
@@ -159,18 +162,25 @@ def test_trials_are_ranked_by_the_experiment_metric(tmp_path, capsys):
 
     source = tmp_path / "source.pt"
     source.write_bytes(b"")
-    exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), metric="mHOTA",
+    exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), metric=metric,
                            loop=TrainLoopConfig(source=str(source), target=str(tmp_path)),
                            search_space={"darth": {"lr": tune.loguniform(1e-3, 2e-3)}})
-    # a has the better HOTA, b the better mean over classes
-    scores = {"a": {"HOTA": 40.0, "mHOTA": 20.0, "lr": 1e-3}, "b": {"HOTA": 30.0, "mHOTA": 25.0, "lr": 2e-3}}
     grid = []
     for name, s in scores.items():
-        metrics = {**s, "best_HOTA": s["HOTA"], "best_mHOTA": s["mHOTA"], "epoch": 1, "trial_id": name,
-                   **{k: 1.0 for k in ("DetA", "AssA", "MOTA", "IDF1", "mMOTA", "mIDF1")}}
+        metrics = {**{k: 1.0 for k in ("DetA", "AssA", "MOTA", "IDF1", "mMOTA", "mIDF1")}, **s,
+                   f"best_{metric}": s[metric], "epoch": 1, "trial_id": name}
         (tmp_path / "exp" / name).mkdir(parents=True)
         (tmp_path / "exp" / name / "result.json").write_text(json.dumps({**metrics, "config": {"lr": s["lr"]}}))
         grid.append(FakeResult(tmp_path / "exp" / name, metrics))
+    return exp, grid
+
+
+def test_trials_are_ranked_by_the_experiment_metric(tmp_path, capsys):
+    import json
+
+    # a has the better HOTA, b the better mean over classes
+    scores = {"a": {"HOTA": 40.0, "mHOTA": 20.0, "lr": 1e-3}, "b": {"HOTA": 30.0, "mHOTA": 25.0, "lr": 2e-3}}
+    exp, grid = experiment_of(tmp_path, "mHOTA", scores)
     assert tune_dance.report(grid, exp) == 0
     best = json.loads((tmp_path / "exp" / "best.json").read_text())
     assert [(r["trial"], r["mHOTA"], r["HOTA"]) for r in best] == [("b", 25.0, 30.0), ("a", 20.0, 40.0)]
@@ -178,6 +188,26 @@ def test_trials_are_ranked_by_the_experiment_metric(tmp_path, capsys):
     assert "best trials of exp (by mHOTA):\n1. b: mHOTA 25.00  mMOTA 1.00" in out
     page = (tmp_path / "exp" / "report.html").read_text()
     assert "best: b, mHOTA 25.00" in page and "<th>best mHOTA</th>" in page
+    assert "selected with the target's labels (oracle)" in out
+
+
+def test_trials_ranked_without_labels_and_each_scores_correlation_with_hota(tmp_path, capsys):
+    import json
+
+    # by lf_agreement b, c, a; by HOTA a, b, c: rank differences 2, 1, 1 -> Spearman 1 - 6 x 6 / (3 x 8) = -0.5
+    scores = {"a": {"HOTA": 40.0, "lf_agreement": 0.5, "lr": 1e-3},
+              "b": {"HOTA": 30.0, "lf_agreement": 0.7, "lr": 2e-3},
+              "c": {"HOTA": 20.0, "lf_agreement": 0.6, "lr": 1.5e-3}}
+    exp, grid = experiment_of(tmp_path, "lf_agreement", scores)
+    assert tune_dance.report(grid, exp) == 0
+    best = json.loads((tmp_path / "exp" / "best.json").read_text())
+    assert [(r["trial"], r["lf_agreement"], r["HOTA"]) for r in best] == [("b", 0.7, 30.0), ("c", 0.6, 20.0),
+                                                                         ("a", 0.5, 40.0)]
+    out = capsys.readouterr().out
+    assert "best trials of exp (by lf_agreement):\n1. b: lf_agreement 0.70  HOTA 30.00" in out
+    assert "selected without labels" in out and "lf_agreement     -0.50 (3 trials)" in out
+    correlation = json.loads((tmp_path / "exp" / "label_free.json").read_text())["lf_agreement"]
+    assert correlation == {"spearman": pytest.approx(-0.5), "trials": 3}
 
 
 def test_a_dataset_root_without_split_is_read_at_its_val_split(tiny, tmp_path):

@@ -24,6 +24,8 @@ from darth_ray.adapt.methods import METHODS
 from darth_ray.data.dataset import dataset_options, load_dataset
 from darth_ray.data.mot import Sequence
 from darth_ray.data.prefetch import Prefetcher
+from darth_ray.eval.label_free import score_without_labels
+from darth_ray.eval.metrics import COMBINED
 from darth_ray.eval.plots import write_adapt_plots
 from darth_ray.eval.track import track_and_score
 from darth_ray.io import (RESUME_FILE, atomic_torch_save, atomic_write_json, claim_output_dir, file_sha256,
@@ -52,6 +54,7 @@ class AdaptationRun:
         source_model, _ = load_checkpoint(source, map_location=device)
         self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
         self.method = METHODS[config.method].from_source(source_model.to(device), config, workers=workers)
+        self.source_model = source_model  # the methods copy it: it stays the source
         self.stats_sync = stats_sync  # averages tensors across workers (target BN statistics)
         self.sequences = {s.name: s for s in sequences}
         self.frames = frames
@@ -69,6 +72,12 @@ class AdaptationRun:
     @property
     def epoch(self) -> int:
         return self.step // self.steps_per_epoch
+
+    @property
+    def reference_model(self):
+        """What the label-free agreement (eval/label_free.py) compares the adapted student with: the method's EMA
+        teacher, the source model for a method without one."""
+        return getattr(self.method, "teacher", self.source_model)
 
     def batch_frames(self, step: int) -> list[tuple[str, int]]:
         epoch, index = divmod(step, self.steps_per_epoch)
@@ -160,9 +169,9 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     `target` is any dataset `load_dataset` reads (with `images`, `classes` and `class_map`).
 
     Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
-    OUT/metrics.json (`evaluate --json` format), OUT/adapt_log.jsonl (per-step losses), OUT/plots/ (losses.png,
-    metrics.png) and OUT/darth_run.json (what the run depends on: source checkpoint by path and sha256, target,
-    split, config; a resume must match it).
+    OUT/metrics.json (`evaluate --json` format, its COMBINED row with the label-free scores lf_*: eval/label_free.py),
+    OUT/adapt_log.jsonl (per-step losses), OUT/plots/ (losses.png, metrics.png) and OUT/darth_run.json (what the
+    run depends on: source checkpoint by path and sha256, target, split, config; a resume must match it).
     """
     out_dir = Path(out_dir)
     sequences, _ = load_dataset(target, split=split, images=images, classes=classes, class_map=class_map,
@@ -199,7 +208,8 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     summary = {"final_checkpoint": str(final), "steps": run.step}
     if has_gt:
         student = run.method.model_to_evaluate.eval()
-        _, metrics = track_and_score(student, sequences, tracker_params, out_dir / "results", show_progress)
+        results, metrics = track_and_score(student, sequences, tracker_params, out_dir / "results", show_progress)
+        metrics[COMBINED].update(score_without_labels(student, run.reference_model, sequences, results))
         atomic_write_json(out_dir / "metrics.json", metrics)
         summary["metrics"] = metrics
         if evaluate_source:

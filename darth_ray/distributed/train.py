@@ -8,7 +8,8 @@
   a crashed worker group restarts from the latest one and finishes the remaining steps.
 - Evaluation is sharded by whole sequences (`shard_sequences`); per-sequence results are gathered on every rank
   and scored over all sequences, exactly as a single process scores them (per class on COCO-video and Scalabel
-  data, as `darth-ray adapt` scores them).
+  data, as `darth-ray adapt` scores them), and the label-free scores (eval/label_free.py) with them, also on
+  targets without ground truth.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch.distributed as dist
 
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.loop import CHECKPOINT_EVERY
+from darth_ray.eval.label_free import LABEL_FREE_METRICS
 from darth_ray.io import dataclass_from_dict
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,11 @@ log = logging.getLogger(__name__)
 # Every evaluation reports the overall metrics (every class's boxes pooled) and the class means (BDD100K's mHOTA,
 # mMOTA, mIDF1); with one class these equal HOTA, MOTA, IDF1, so a Tune metric of either kind always exists.
 EVAL_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW", "mHOTA", "mMOTA", "mIDF1")
-RANKING_METRICS = ("HOTA", "mHOTA")  # what Tune may rank trials by; each has its best_<metric> in every report
+# Every evaluation also reports the label-free scores (eval/label_free.py), with or without ground truth.
+REPORTED_METRICS = EVAL_METRICS + LABEL_FREE_METRICS
+# What Tune may rank trials by (maximised; each has its best_<metric> in every report): HOTA and mHOTA need the
+# target's labels ("oracle" selection), the label-free scores do not.
+RANKING_METRICS = ("HOTA", "mHOTA") + LABEL_FREE_METRICS
 STATE_FILE = "darth_state.pt"
 PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
 ERROR_KEY = "error"  # in the last report of a run stopped by a non-finite loss: what happened
@@ -192,23 +198,29 @@ def ranks_in_sync(model: torch.nn.Module, world: int) -> bool:
     return len(set(hashes)) == 1
 
 
-def evaluate_sharded(model, sequences, tracker_params: dict, rank: int, world: int) -> tuple[dict, dict]:
-    """Track this rank's sequences, gather everyone's results, score all sequences (same on every rank)."""
+def evaluate_sharded(model, sequences, tracker_params: dict, rank: int, world: int,
+                     reference) -> tuple[dict, dict, dict]:
+    """Track this rank's sequences, gather everyone's results, score all sequences (same on every rank): (results,
+    scores against the ground truth ({} without any), label-free scores with `reference` as the agreement's)."""
     from darth_ray.data.sharding import frame_counts, shard_sequences
+    from darth_ray.eval.label_free import label_free_scores, view_overlaps
     from darth_ray.eval.metrics import score_results
     from darth_ray.eval.track import track_sequence
     from darth_ray.models.tracker import QuasiDenseTracker
 
-    mine = set(shard_sequences(frame_counts(sequences), world)[rank])
+    names = set(shard_sequences(frame_counts(sequences), world)[rank])
+    mine = [s for s in sequences if s.name in names]
     tracker = QuasiDenseTracker(**tracker_params)
     model.eval()
-    results = {s.name: track_sequence(model, s, tracker) for s in sequences if s.name in mine}
+    results = {s.name: track_sequence(model, s, tracker) for s in mine}
+    overlaps = [view_overlaps(model, reference, s) for s in mine]
     if world > 1:
         gathered = [None] * world
-        dist.all_gather_object(gathered, results)
-        results = {k: v for part in gathered for k, v in part.items()}
+        dist.all_gather_object(gathered, (results, overlaps))
+        results = {k: v for part, _ in gathered for k, v in part.items()}
+        overlaps = [o for _, part in gathered for o in part]
     with_gt = [s for s in sequences if s.has_gt]
-    return results, (score_results(with_gt, results) if with_gt else {})
+    return results, (score_results(with_gt, results) if with_gt else {}), label_free_scores(results, overlaps)
 
 
 def quiet_report_echo() -> None:
@@ -246,7 +258,7 @@ def train_func(config: dict) -> str | None:
         OverlappedAllReduce(run.method.params)  # its hooks average every backward's gradients
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
-    last_eval = {k: math.nan for k in EVAL_METRICS + tuple(f"best_{m}" for m in RANKING_METRICS)}
+    last_eval = {k: math.nan for k in REPORTED_METRICS + tuple(f"best_{m}" for m in RANKING_METRICS)}
     checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(loop.start_from) if loop.start_from else None)
     resumed_from = 0
     if checkpoint is not None:
@@ -281,16 +293,17 @@ def train_func(config: dict) -> str | None:
             losses["adapt_frames_per_s"] = frames / elapsed
         evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
         if evaluated:
-            _, scores = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank, world)
-            if scores:
-                evaluation = reported_metrics(scores[COMBINED])
-                last_eval = {**evaluation, **{f"best_{m}": _best(last_eval[f"best_{m}"], evaluation[m])
-                                              for m in RANKING_METRICS}}
+            _, scores, label_free = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank,
+                                                     world, run.reference_model)
+            evaluation = {**(reported_metrics(scores[COMBINED]) if scores else dict.fromkeys(EVAL_METRICS, math.nan)),
+                          **label_free}
+            last_eval = {**evaluation, **{f"best_{m}": _best(last_eval[f"best_{m}"], evaluation[m])
+                                          for m in RANKING_METRICS}}
         # The latest evaluation rides along with later step reports, so every report Tune sees after the
         # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
         # `evaluated` marks the report of a new evaluation (W&B's eval/* rows).
         metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval,
-                   EVALUATED_KEY: bool(evaluated and scores), "start_from": loop.start_from}
+                   EVALUATED_KEY: evaluated, "start_from": loop.start_from}
         if done:
             metrics["ranks_in_sync"] = ranks_in_sync(run.method.model_to_evaluate, world)
         save = run.step % loop.checkpoint_every == 0 or end_of_epoch

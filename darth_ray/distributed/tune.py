@@ -1,9 +1,8 @@
 """Ray Tune over DARTH: every trial is a function trainable that builds and fits a TorchTrainer (the pattern Ray
 recommends with Train V2, instead of the deprecated `Tuner(trainer)`), reporting each of its reports to Tune (with
-the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA or, for several classes, their mean mHOTA
-(`ExperimentConfig.metric`); ASHA stops weak trials after each evaluated epoch, PBT restarts them from better
-trials' checkpoints. W&B runs are written by the driver
-(`WandbCallback`).
+the checkpoint as a Tune checkpoint under PBT). Trials are ranked by HOTA or, for several classes, their mean mHOTA,
+or without labels by a label-free score (`ExperimentConfig.metric`); ASHA stops weak trials after each evaluated
+epoch, PBT restarts them from better trials' checkpoints. W&B runs are written by the driver (`WandbCallback`).
 """
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
 from darth_ray.distributed.progress import ConsoleProgress
-from darth_ray.distributed.train import (ERROR_KEY, EVAL_METRICS, EVALUATED_KEY, RANKING_METRICS, NonFiniteLossError,
-                                         TrainLoopConfig, train_func)
+from darth_ray.distributed.train import (ERROR_KEY, EVALUATED_KEY, RANKING_METRICS, REPORTED_METRICS,
+                                         NonFiniteLossError, TrainLoopConfig, train_func)
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,9 @@ class ExperimentConfig:
     max_concurrent_trials: int | None = None
     scheduler: str = "asha"                # one of SCHEDULERS
     search: str = "random"                 # "random" or "optuna"
-    metric: str = "HOTA"                   # what trials are ranked by (one of RANKING_METRICS, maximised)
+    # What trials are ranked by (one of RANKING_METRICS, maximised): HOTA/mHOTA with the target's labels ("oracle"),
+    # lf_* without (eval/label_free.py)
+    metric: str = "HOTA"
     max_failures: int = 1                  # worker-group restarts per trial, from the last checkpoint
     keep_checkpoints: int = 3              # per trial, the newest (PBT clones from them; Ray warns below 3)
     seed: int = 0
@@ -313,7 +314,8 @@ class WandbCallback(tune.Callback):
         if losses:  # none: a method that learns nothing (source, adabn), or a restart with nothing left to do
             logger.log_step(result["step"], losses, result["lr"])
         if result.get(EVALUATED_KEY):
-            logger.log_eval(result["step"], {k: result[k] for k in EVAL_METRICS})
+            # HOTA and the label-free scores side by side (eval/*); a result from before label-free has none
+            logger.log_eval(result["step"], {k: result[k] for k in REPORTED_METRICS if k in result})
 
     def _finish(self, trial, exit_code: int) -> None:
         logger = self.loggers.pop(trial.trial_id, None)

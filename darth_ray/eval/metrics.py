@@ -59,7 +59,7 @@ BY_CLASS, BY_ATTRIBUTE = "CLASSES", "ATTRIBUTES"  # their keys in the JSON besid
 _EPS = np.finfo(float).eps
 
 
-def _match(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def match_iou(sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """TrackEval's preprocessing match: Hungarian on IoU, pairs below 0.5 not allowed; (gt rows, tracker cols)."""
     if not sim.size:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -108,7 +108,7 @@ def preprocess(gt: Tracks, results: Tracks, num_frames: int, benchmark: str = "a
         trk = results.ids[r]
         classes, conf = gt.classes[g], gt.conf[g]
         if not mot15 and sim.size:
-            rows, cols = _match(sim)
+            rows, cols = match_iou(sim)
             remove = cols[np.isin(classes[rows], DISTRACTOR_CLASSES)]
             trk, sim = np.delete(trk, remove), np.delete(sim, remove, axis=1)
         keep = (conf != 0) if mot15 else (conf != 0) & (classes == PEDESTRIAN)
@@ -135,7 +135,7 @@ def preprocess_class(gt: Tracks, results: Tracks, num_frames: int, cls: int) -> 
         mine = results.classes[r] == cls
         boxes = results.boxes[r][mine]
         sim = box_iou_xywh(gt.boxes[g][scored], boxes)
-        unmatched = np.setdiff1d(np.arange(len(boxes)), _match(sim)[1])
+        unmatched = np.setdiff1d(np.arange(len(boxes)), match_iou(sim)[1])
         in_crowd = (box_ioa_xywh(boxes[unmatched], gt.boxes[g][gt.conf[g] == 0]) > 0.5 + _EPS).any(axis=1)
         keep = np.ones(len(boxes), bool)
         keep[unmatched[in_crowd]] = False

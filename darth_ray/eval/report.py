@@ -1,6 +1,8 @@
 """A Tune experiment people can look at: `write_experiment_report(experiment_dir, metric)` writes summary.png (the
-metric, HOTA or mHOTA, of each trial over its epochs; each searched hyperparameter against the trial's best) and
-report.html (opens offline: no scripts, no remote files; every link relative) into Tune's experiment folder.
+metric, HOTA, mHOTA or a label-free score, of each trial over its epochs; each searched hyperparameter against the
+trial's best), label_free.json (how well each label-free score ranks the trials as HOTA does: Spearman's rank
+correlation over the trials' last evaluations) and report.html (opens offline: no scripts, no remote files; every
+link relative) into Tune's experiment folder.
 
 It reads only the files Tune writes, so it works on any experiment folder, finished, running or copied elsewhere:
 each trial folder's result.json (one JSON result per line, with the trial's config), or progress.csv with
@@ -22,12 +24,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
+from darth_ray.eval.label_free import LABEL_FREE_METRICS
 from darth_ray.eval.plots import new_figure, read_jsonl, save_figure, sequence_rows
-from darth_ray.io import InputError, atomic_write_text
+from darth_ray.io import InputError, atomic_write_json, atomic_write_text
 
 TABLE_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
 VIDEO_DIR, VIDEO_SUFFIXES = "videos", (".mp4", ".gif")
-REPORT, SUMMARY = "report.html", "summary.png"
+REPORT, SUMMARY, CORRELATIONS = "report.html", "summary.png", "label_free.json"
+ORACLE_METRICS = ("HOTA", "mHOTA")  # rankings that need the target's labels
 
 
 @dataclass
@@ -44,11 +50,12 @@ class Trial:
 
     @cached_property
     def evaluations(self) -> dict[float, dict]:
-        """{epoch: the last result of that epoch with a finite HOTA} (epochs as reported; training_iteration
-        where no epoch is). Results between evaluations repeat the latest one, so the last of an epoch is it."""
+        """{epoch: the last result of that epoch with a finite HOTA or label-free score} (epochs as reported;
+        training_iteration where no epoch is). Results between evaluations repeat the latest one, so the last of an
+        epoch is it."""
         out = {}
         for r in self.results:
-            if _finite(r.get("HOTA")):
+            if any(_finite(r.get(k)) for k in ("HOTA",) + LABEL_FREE_METRICS):
                 out[r.get("epoch", r.get("training_iteration", len(out)))] = r
         return out
 
@@ -140,13 +147,37 @@ def summary_figure(trials: list[Trial], title: str, metric: str = "HOTA"):
     return fig
 
 
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (tied values share their mean rank); None when undefined (fewer than two
+    pairs, or one side constant)."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def label_free_correlations(trials: list[Trial]) -> dict[str, dict]:
+    """{score: {"spearman": its rank correlation with HOTA, "trials": how many}} over the trials whose last
+    evaluation has both (1: the score ranks these trials exactly as HOTA does)."""
+    out = {}
+    for name in LABEL_FREE_METRICS:
+        pairs = [(t.last_evaluation[name], t.last_evaluation["HOTA"]) for t in trials
+                 if _finite(t.last_evaluation.get(name)) and _finite(t.last_evaluation.get("HOTA"))]
+        out[name] = {"spearman": spearman(*zip(*pairs)) if pairs else None, "trials": len(pairs)}
+    return out
+
+
 def write_experiment_report(experiment_dir: Path, metric: str = "HOTA") -> Path:
-    """Write summary.png and report.html, trials ranked by `metric`, into the experiment folder; returns the path
-    of report.html."""
+    """Write summary.png, label_free.json and report.html, trials ranked by `metric`, into the experiment folder;
+    returns the path of report.html."""
     experiment_dir = Path(experiment_dir)
     trials = read_trials(experiment_dir)
     save_figure(summary_figure(trials, f"Tune experiment {experiment_dir.name}", metric), experiment_dir / SUMMARY)
-    return atomic_write_text(experiment_dir / REPORT, _html(experiment_dir, trials, metric))
+    correlations = label_free_correlations(trials)
+    atomic_write_json(experiment_dir / CORRELATIONS, correlations)
+    return atomic_write_text(experiment_dir / REPORT, _html(experiment_dir, trials, metric, correlations))
 
 
 def metrics_table(scores: dict[str, dict], metrics: tuple[str, ...] = TABLE_METRICS) -> tuple[list[str], list[list]]:
@@ -156,11 +187,12 @@ def metrics_table(scores: dict[str, dict], metrics: tuple[str, ...] = TABLE_METR
     return ["sequence", *metrics], rows
 
 
-def _html(experiment_dir: Path, trials: list[Trial], metric: str) -> str:
+def _html(experiment_dir: Path, trials: list[Trial], metric: str, correlations: dict[str, dict]) -> str:
     hyperparameters = searched_hyperparameters(trials)
     best_of = {t.path: t.best(metric) for t in trials}
     ranked = sorted(trials, key=lambda t: (best_of[t.path] is None, -(best_of[t.path] or 0.0)))
-    columns = TABLE_METRICS + ((metric,) if metric not in TABLE_METRICS else ())
+    reported = [m for m in LABEL_FREE_METRICS if any(m in t.last_evaluation for t in trials)]
+    columns = tuple(dict.fromkeys((*TABLE_METRICS, metric, *reported)))
     head = ["#", "trial", f"best {metric}", *(f"last {m}" for m in columns), "epochs", *hyperparameters,
             "checkpoint", "videos", "metrics", "error"]
     rows = []
@@ -180,6 +212,10 @@ def _html(experiment_dir: Path, trials: list[Trial], metric: str) -> str:
                else "no trial has evaluated yet")
     ranking = (f' &middot; {_link(experiment_dir, experiment_dir / "best.json", "best.json")}'
                if (experiment_dir / "best.json").is_file() else "")
+    selection = ("selected with the target's labels (oracle)" if metric in ORACLE_METRICS
+                 else "selected without labels (label-free)")
+    correlation_rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_number_text(c['spearman'])}</td>"
+                               f"<td>{c['trials']}</td></tr>" for name, c in correlations.items())
     name = html.escape(experiment_dir.name)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{name}</title>
@@ -188,9 +224,17 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} td:nth-child(2),
 img{{max-width:100%}}</style></head>
 <body><h1>Tune experiment {name}</h1>
 <p>{len(trials)} trials, {len(trials) - list(best_of.values()).count(None)} evaluated; {verdict}{ranking}</p>
+<p>Ranked by {html.escape(metric)}: {selection}.</p>
 <img src="{SUMMARY}" alt="{metric} per trial over epochs; hyperparameters against {metric}">
 <table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>
 {chr(10).join(rows)}
+</table>
+<h2>Label-free scores against HOTA</h2>
+<p>Spearman's rank correlation over the trials' last evaluations
+({_link(experiment_dir, experiment_dir / CORRELATIONS, CORRELATIONS)}): 1 = the score ranks the trials as HOTA does.
+</p>
+<table><tr><th>score</th><th>Spearman with HOTA</th><th>trials</th></tr>
+{correlation_rows}
 </table></body></html>
 """
 
