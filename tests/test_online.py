@@ -170,6 +170,35 @@ def test_a_stopped_online_run_resumes_after_its_last_finished_sequence(tiny, tmp
         assert (tmp_path / d / "final.pt").is_file()  # continual: the model after the last sequence
 
 
+def test_continual_reset_runs_on_one_ray_worker_only():
+    from darth_ray.distributed.train import check_online_workers
+
+    online = DarthConfig(protocol="online", reset="continual").to_dict()
+    with pytest.raises(ValueError, match="continual reset .* runs on 1 worker, not 2"):
+        check_online_workers(online, 2)
+    check_online_workers(online, 1)
+    check_online_workers(DarthConfig(protocol="online", reset="episodic").to_dict(), 4)
+
+
+def test_a_ray_worker_streams_its_sequences_and_reports_their_online_scores(tiny, monkeypatch):
+    import ray.train
+
+    from darth_ray.distributed.train import TrainLoopConfig, stream_shard
+    from darth_ray.eval.metrics import COMBINED, score_results
+
+    reports = []
+    monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+    config = DarthConfig(method="adabn", protocol="online", reset="episodic", frames_per_batch=3)
+    loop = TrainLoopConfig(source=str(tiny / "source.pt"), target=str(tiny / "bench" / "night"), split="val",
+                           darth=config, tracker=LOW_THRESHOLDS)
+    sequences = night(tiny)
+    assert stream_shard(loop, sequences, rank=0, world=1, device="cpu") is None
+    [(report, checkpoint)] = reports  # one report, at the end, without a checkpoint
+    expected = score_results(sequences, online_run(tiny, "adabn").run(sequences))[COMBINED]
+    assert report["evaluated"] and report["step"] == 4 and checkpoint is None
+    assert report["HOTA"] == report["best_HOTA"] == pytest.approx(expected["HOTA"])
+
+
 def test_tune_searches_the_protocol_and_the_reset(tiny):
     from ray import tune
 
