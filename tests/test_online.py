@@ -1,6 +1,7 @@
 """The online protocol (adapt/online.py): every batch tracked, then adapted on once; episodic and continual reset;
 results written, scored and resumed per sequence; bad combinations refused."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,20 +184,25 @@ def test_continual_reset_runs_on_one_ray_worker_only():
 def test_a_ray_worker_streams_its_sequences_and_reports_their_online_scores(tiny, monkeypatch):
     import ray.train
 
-    from darth_ray.distributed.train import TrainLoopConfig, stream_shard
+    from darth_ray.distributed.train import PROGRESS_FILE, TrainLoopConfig, stream_shard
     from darth_ray.eval.metrics import COMBINED, score_results
 
     reports = []
-    monkeypatch.setattr(ray.train, "report", lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+
+    def report(metrics, checkpoint=None):  # what the checkpoint holds while Ray copies it
+        progress = checkpoint and json.loads((Path(checkpoint.path) / PROGRESS_FILE).read_text())
+        reports.append((metrics, progress))
+
+    monkeypatch.setattr(ray.train, "report", report)
     config = DarthConfig(method="adabn", protocol="online", reset="episodic", frames_per_batch=3)
     loop = TrainLoopConfig(source=str(tiny / "source.pt"), target=str(tiny / "bench" / "night"), split="val",
                            darth=config, tracker=LOW_THRESHOLDS)
     sequences = night(tiny)
     assert stream_shard(loop, sequences, rank=0, world=1, device="cpu") is None
-    [(report, checkpoint)] = reports  # one report, at the end, without a checkpoint
+    [(metrics, progress)] = reports  # one report, at the end, with the evaluation as its checkpoint
     expected = score_results(sequences, online_run(tiny, "adabn").run(sequences))[COMBINED]
-    assert report["evaluated"] and report["step"] == 4 and checkpoint is None
-    assert report["HOTA"] == report["best_HOTA"] == pytest.approx(expected["HOTA"])
+    assert metrics["evaluated"] and metrics["step"] == 4
+    assert metrics["HOTA"] == metrics["best_HOTA"] == progress["HOTA"] == pytest.approx(expected["HOTA"])
 
 
 def test_tune_searches_the_protocol_and_the_reset(tiny):

@@ -102,6 +102,11 @@ class OnlineRun:
         self.steps += 1
         return take_step(self.method, self.scheduler, frames, generator, self.steps)
 
+    def save_student(self, path: Path) -> Path:
+        """The model as the last sequence left it (continual reset), a plain checkpoint `darth-ray track` loads."""
+        return save_checkpoint(path, self.method.model_to_evaluate, {
+            "darth_config": self.config.to_dict(), "step": self.steps, "source": str(self.source_path)})
+
     def state_dict(self) -> dict:
         # As tensors: checkpoints are read back with weights_only=True.
         results = {name: {k: torch.from_numpy(v) for k, v in r.items()} for name, r in self.results.items()}
@@ -152,7 +157,6 @@ def adapt_online(source: Path, target: Path, sequences: list[Sequence], out_dir:
         results = run.run(sequences, finished=finished, step_log=step_log, progress=bar)
     summary = {"protocol": "online", "reset": config.reset, "steps": run.steps}
     if config.reset == "continual" and run.method is not None:
-        summary["final_checkpoint"] = str(save_checkpoint(out_dir / "final.pt", run.method.model_to_evaluate, {
-            "darth_config": config.to_dict(), "step": run.steps, "source": str(source)}))
+        summary["final_checkpoint"] = str(run.save_student(out_dir / "final.pt"))
     return finish_adapt(out_dir, summary, sequences, results, config, source, tracker_params, evaluate_source,
                         show_progress, device)

@@ -315,8 +315,10 @@ def stream_shard(loop: TrainLoopConfig, sequences: list, rank: int, world: int, 
     (`shard_sequences`) with a method of its own. No gradient averaging: online, a model adapts on the frames it
     has just tracked; averaging in gradients of other workers' sequences would adapt it on frames it never saw. With
     episodic reset every sequence's tracks are those one process makes; continual reset needs one worker
-    (`check_online_workers`). One report at the end, with the evaluation of every sequence's online tracks; no
-    checkpoint (a restarted worker group streams again). Returns the error of a non-finite loss, else None."""
+    (`check_online_workers`). One report at the end, with the evaluation of every sequence's online tracks and rank
+    0's checkpoint of it (PROGRESS_FILE; with continual reset also final.pt, the model after the last sequence; Ray
+    Train keeps a result's metrics with its checkpoint). A restarted worker group streams again from the start.
+    Returns the error of a non-finite loss, else None."""
     import ray.train
 
     from darth_ray.adapt.online import OnlineRun
@@ -341,7 +343,14 @@ def stream_shard(loop: TrainLoopConfig, sequences: list, rank: int, world: int, 
     if scores:
         evaluation = reported_metrics(scores[COMBINED])
         report.update({**evaluation, **{f"best_{m}": evaluation[m] for m in RANKING_METRICS}, EVALUATED_KEY: True})
-    ray.train.report(report)
+    if rank != 0:
+        ray.train.report(report)
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / PROGRESS_FILE).write_text(json.dumps({k: report[k] for k in not_evaluated()}))
+        if loop.darth.reset == "continual":
+            run.save_student(Path(d) / "final.pt")
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
     return None
 
 
