@@ -211,7 +211,7 @@ def _add_config_options(p: argparse.ArgumentParser, config_cls, title: str, help
         text = f"{(helps or {}).get(f.name, '')} (default: {default})".lstrip()
         if isinstance(default, bool):
             g.add_argument(flag, type=_boolean, metavar="BOOL", help=text)
-        elif isinstance(default, str):  # the config object validates the name and lists the choices
+        elif isinstance(default, str) or kind == str | None:  # the config object validates the name, lists choices
             g.add_argument(flag, type=str, metavar="NAME", help=text)
         elif isinstance(default, tuple) or "tuple" in str(kind):
             elem = int if "int" in str(kind) and "float" not in str(kind) else float
@@ -275,7 +275,8 @@ def _adapt(args: argparse.Namespace) -> None:
                     checkpoint_every=args.checkpoint_every, tracker_params=tracker,
                     resume=not args.no_resume, evaluate_source=args.compare_source, show_progress=not args.quiet,
                     device=device, images=args.images, classes=classes, class_map=args.class_map)
-    print(f"adapted student: {summary['final_checkpoint']}")
+    if "final_checkpoint" in summary:  # not from an online run with episodic reset: one student per sequence
+        print(f"adapted student: {summary['final_checkpoint']}")
     if "metrics" in summary:
         if "source_metrics" in summary:
             print("source model:\n" + format_table(summary["source_metrics"]))
@@ -426,7 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adapt", help="test-time adaptation (DARTH by default) on unlabeled target sequences",
                        description="Adapts a source checkpoint to the target sequences (no labels used) for "
                                    f"--epochs epochs with --method ({', '.join(METHODS)}; default darth), then "
-                                   "tracks them with the adapted student. Writes "
+                                   "tracks them with the adapted student (--protocol offline, the default); with "
+                                   "--protocol online --reset episodic|continual, streams each sequence once, "
+                                   "tracking every batch before adapting on it (README: Protocols). Writes "
                                    "OUT/final.pt (loadable by `track`), OUT/last.pt (full state; a rerun with the "
                                    "same source checkpoint content, target, split and settings resumes from it), "
                                    "OUT/adapt_log.jsonl (per-step losses), and, "

@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 @torch.no_grad()
 def estimate_bn_statistics(model: nn.Module, batches: Iterable[Tensor],
-                           all_reduce_mean: Callable[[list[Tensor]], None] | None = None) -> int:
+                           all_reduce_mean: Callable[[list[Tensor]], None] | None = None, restart: bool = True) -> int:
     """Replace the running statistics of every BatchNorm in `model` by their average over the feature extractor's
     passes on `batches` (uint8/float RGB frames [B, 3, H, W]), PyTorch's cumulative BN average. Returns the frames
-    seen.
+    seen. `restart=False` goes on with the average of the batches passed since the last restart (the online protocol
+    streams its frames in one batch at a time).
 
     `all_reduce_mean(tensors)` (optional, in place) averages across data-parallel workers, each of which passes
     its own shard; workers then hold identical statistics (exact for equal shard sizes).
@@ -28,7 +29,8 @@ def estimate_bn_statistics(model: nn.Module, batches: Iterable[Tensor],
         return 0
     saved = [(m.training, m.momentum) for m in bns]
     for m in bns:
-        m.reset_running_stats()
+        if restart:
+            m.reset_running_stats()
         m.momentum = None  # cumulative average over all batches instead of an exponential one
         m.train()
     seen = 0

@@ -22,6 +22,8 @@ from darth_ray.models.track_losses import LOSS_TRACK_AUX_WEIGHT, LOSS_TRACK_WEIG
 PUBLISHED_PHOTOMETRIC = PhotometricRanges()
 # "mmtrack": the published float BGR/HSV distortion; "affine": a fast uint8 approximation (a deliberate difference).
 PHOTOMETRIC_IMPLS = ("mmtrack", "affine")
+PROTOCOLS = ("offline", "online")
+RESETS = ("episodic", "continual")
 
 MAX_AUG_STRENGTH = 2.0
 # Smallest img_scale side: the detector pads its input to a multiple of 32 (size_divisor, the backbone's C5 stride), so
@@ -42,6 +44,12 @@ class DarthConfig:
     # The test-time adaptation method (darth_ray/adapt/methods.py: source, adabn, tent, mean_teacher, kd, darth);
     # the fields below are its settings, each method reading those it uses.
     method: str = "darth"
+    # How the target is seen (one of PROTOCOLS; README "Protocols"): "offline" adapts for `epochs` epochs over the
+    # shuffled target frames, then tracks with the adapted model (adapt/loop.py); "online" streams each sequence once
+    # in frame order, tracking every batch before adapting on it (adapt/online.py), with `reset` (one of RESETS):
+    # "episodic" restarts the method from the source model at every sequence, "continual" carries it on.
+    protocol: str = "offline"
+    reset: str | None = None  # online only, and required there
     # View augmentation (DARTH.md "Teacher view" / "Student view" / "Contrastive view").
     aug_strength: float = 1.0
     scale_range: tuple[float, float] = (0.8, 1.2)
@@ -202,6 +210,12 @@ def _problems(c: DarthConfig) -> list[str]:
 
     if c.method not in METHODS:
         p.append(f"method must be one of {', '.join(METHODS)}, got {c.method!r}")
+    if c.protocol not in PROTOCOLS:
+        p.append(f"protocol must be one of {', '.join(PROTOCOLS)}, got {c.protocol!r}")
+    elif c.protocol == "online" and c.reset not in RESETS:
+        p.append(f"the online protocol needs reset {' or '.join(RESETS)}, got {c.reset!r}")
+    elif c.protocol == "offline" and c.reset is not None:
+        p.append(f"reset {c.reset!r} applies to the online protocol only (offline adapts on every sequence at once)")
     if c.amp not in AMP_MODES:
         p.append(f"amp must be one of {', '.join(AMP_MODES)}, got {c.amp!r}")
     if c.photometric_impl not in PHOTOMETRIC_IMPLS:

@@ -1,6 +1,7 @@
-"""The adaptation loop around a method's `step` (DarthConfig.method, adapt/methods.py): which frames each step
-sees, learning-rate schedule, checkpoints, resume, and the final evaluation of the adapted student. Single process
-here (`darth-ray adapt`); the Ray Train worker drives the same `AdaptationRun` on its shard of the frames.
+"""The offline protocol's adaptation loop around a method's `step` (DarthConfig.method, adapt/methods.py): which
+frames each step sees, learning-rate schedule, checkpoints, resume, and the final evaluation of the adapted student.
+Single process here (`darth-ray adapt`); the Ray Train worker drives the same `AdaptationRun` on its shard of the
+frames. The online protocol is adapt/online.py; `adapt` runs either.
 
 Batches are a pure function of (seed, epoch, step): the frame order of an epoch is a permutation seeded by
 (seed, epoch) and the view randomness of a step a generator seeded by (seed, rank, step). A run resumed from a
@@ -25,9 +26,9 @@ from darth_ray.data.dataset import dataset_options, load_dataset
 from darth_ray.data.mot import Sequence
 from darth_ray.data.prefetch import Prefetcher
 from darth_ray.eval.label_free import score_without_labels
-from darth_ray.eval.metrics import COMBINED
+from darth_ray.eval.metrics import COMBINED, score_results
 from darth_ray.eval.plots import write_adapt_plots
-from darth_ray.eval.track import track_and_score
+from darth_ray.eval.track import track_and_score, track_sequences
 from darth_ray.io import (RESUME_FILE, atomic_torch_save, atomic_write_json, claim_output_dir, file_sha256,
                           read_torch_file)
 from darth_ray.models.qdtrack import load_checkpoint, save_checkpoint
@@ -41,8 +42,29 @@ ADAPT_OUTPUTS = (RESUME_FILE, "final.pt", "adapt_log.jsonl", "results", "metrics
                  "summary.json", "plots")
 
 
+def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
+    """The view randomness of one step: a CPU generator on every device (the proposal sampler's randperm needs one,
+    and a step draws the same views on the CPU and on a GPU), seeded by (seed, stream: a rank or a sequence, step)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + stream) * 1_000_003 + step)
+
+
+def take_step(method, scheduler, frames: torch.Tensor | None, generator: torch.Generator,
+              step: int) -> dict[str, float]:
+    """One step of `method` and of its lr `scheduler` (None: the method has no optimiser); returns the losses, the
+    lr and the step's time. A non-finite loss raises FloatingPointError naming `step`."""
+    t0 = time.perf_counter()
+    losses = method.step(frames, generator)
+    if scheduler:
+        scheduler.step()
+        losses["lr"] = method.optimizer.param_groups[0]["lr"]
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise FloatingPointError(f"non-finite {method.title} loss at step {step}: {losses}")
+    return {**losses, "step_time": time.perf_counter() - t0}
+
+
 class AdaptationRun:
-    """config.method over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps."""
+    """config.method over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps
+    (the offline protocol)."""
 
     def __init__(self, source: Path, sequences: list[Sequence], frames: list[tuple[str, int]], config: DarthConfig,
                  steps_per_epoch: int | None = None, rank: int = 0, workers: int = 1, device: str = "cpu",
@@ -51,6 +73,8 @@ class AdaptationRun:
         batch rule); their gradients are averaged by whoever set them up (hooks on `self.method.params`)."""
         if not frames:
             raise ValueError("no target frames to adapt on")
+        if config.protocol != "offline":
+            raise ValueError(f"AdaptationRun runs the offline protocol, not {config.protocol!r} (adapt/online.py)")
         source_model, _ = load_checkpoint(source, map_location=device)
         self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
         self.method = METHODS[config.method].from_source(source_model.to(device), config, workers=workers)
@@ -116,19 +140,9 @@ class AdaptationRun:
 
     def run_step(self) -> dict[str, float]:
         frames = self.frames_ahead.get(self.step) if self.frames_ahead else None
-        # A CPU generator on every device: the proposal sampler's randperm needs one, and a step draws the same
-        # views on the CPU and on a GPU.
-        generator = torch.Generator().manual_seed(
-            (self.config.seed * 1_000_003 + self.rank) * 1_000_003 + self.step)
-        t0 = time.perf_counter()
-        losses = self.method.step(frames, generator)
-        if self.scheduler:
-            self.scheduler.step()
-            losses["lr"] = self.method.optimizer.param_groups[0]["lr"]
+        generator = step_generator(self.config.seed, self.rank, self.step)
         self.step += 1
-        if not all(math.isfinite(v) for v in losses.values()):
-            raise FloatingPointError(f"non-finite {self.method.title} loss at step {self.step}: {losses}")
-        return {**losses, "step_time": time.perf_counter() - t0}
+        return take_step(self.method, self.scheduler, frames, generator, self.step)
 
     def state_dict(self) -> dict:
         scheduler = self.scheduler.state_dict() if self.scheduler else None
@@ -165,8 +179,9 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
           evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu",
           images: Path | None = None, classes: list[str] | None = None,
           class_map: dict[str, str] | None = None) -> dict:
-    """config.method on every frame of the target sequences, then tracking + evaluation of the adapted student.
-    `target` is any dataset `load_dataset` reads (with `images`, `classes` and `class_map`).
+    """config.method on every frame of the target sequences with config.protocol: offline (here: epochs, then
+    tracking + evaluation of the adapted student) or online (adapt/online.py). `target` is any dataset
+    `load_dataset` reads (with `images`, `classes` and `class_map`).
 
     Writes OUT/last.pt (full state, for resume), OUT/final.pt (the student), OUT/results/<seq>.txt,
     OUT/metrics.json (`evaluate --json` format, its COMBINED row with the label-free scores lf_*: eval/label_free.py),
@@ -176,15 +191,15 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     out_dir = Path(out_dir)
     sequences, _ = load_dataset(target, split=split, images=images, classes=classes, class_map=class_map,
                                 require_images=True)
+    if config.protocol == "online":  # the other protocol, its own loop
+        from darth_ray.adapt.online import adapt_online
+
+        return adapt_online(source, target, sequences, out_dir, config, split, tracker_params, resume,
+                            evaluate_source, show_progress, device, images, classes, class_map)
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     run = AdaptationRun(source, sequences, frames, config, device=device)
-    provenance = {"source": str(Path(source).resolve()), "source_sha256": file_sha256(source),
-                  "target": str(Path(target).resolve()), "split": split, **dataset_options(images, classes, class_map),
-                  **config.to_dict()}
-    resuming = claim_output_dir(out_dir, "adapt", provenance, ADAPT_OUTPUTS, inputs=[source], resume=resume,
-                                defaults=DarthConfig().to_dict())
     last = out_dir / RESUME_FILE
-    if resuming:
+    if claim_adapt_dir(source, target, out_dir, config, split, resume, images, classes, class_map):
         run.load_state_dict(read_torch_file(last, device))
         log.info("resuming %s from %s at step %d/%d", run.method.title, last, run.step, run.total_steps)
     elif run.method.target_bn_stats:
@@ -204,19 +219,40 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
                 run.save(last)
     run.save(last)
     final = run.save_student(out_dir / "final.pt")
-    has_gt = all(s.has_gt for s in sequences)
-    summary = {"final_checkpoint": str(final), "steps": run.step}
-    if has_gt:
+    results = label_free = None
+    if all(s.has_gt for s in sequences):
         student = run.method.model_to_evaluate.eval()
-        results, metrics = track_and_score(student, sequences, tracker_params, out_dir / "results", show_progress)
-        metrics[COMBINED].update(score_without_labels(student, run.reference_model, sequences, results))
-        atomic_write_json(out_dir / "metrics.json", metrics)
-        summary["metrics"] = metrics
+        results = track_sequences(student, sequences, out_dir / "results", tracker_params, show_progress=show_progress)
+        label_free = score_without_labels(student, run.reference_model, sequences, results)
+    return finish_adapt(out_dir, {"final_checkpoint": str(final), "steps": run.step}, sequences, results, config,
+                        source, tracker_params, evaluate_source, show_progress, device, label_free)
+
+
+def claim_adapt_dir(source: Path, target: Path, out_dir: Path, config: DarthConfig, split: str | None, resume: bool,
+                    images: Path | None, classes: list[str] | None, class_map: dict[str, str] | None) -> bool:
+    """OUT as the output directory of `adapt` with this provenance (darth_run.json); True when the run resumes."""
+    provenance = {"source": str(Path(source).resolve()), "source_sha256": file_sha256(source),
+                  "target": str(Path(target).resolve()), "split": split, **dataset_options(images, classes, class_map),
+                  **config.to_dict()}
+    return claim_output_dir(out_dir, "adapt", provenance, ADAPT_OUTPUTS, inputs=[source], resume=resume,
+                            defaults=DarthConfig().to_dict())
+
+
+def finish_adapt(out_dir: Path, summary: dict, sequences: list[Sequence], results: dict | None, config: DarthConfig,
+                 source: Path, tracker_params: dict | None, evaluate_source: bool, show_progress: bool,
+                 device: str, label_free: dict | None = None) -> dict:
+    """Scores `results` (OUT/metrics.json, with the `label_free` scores in its COMBINED row; with `evaluate_source`
+    also the source model's, OUT/source_metrics.json) when every sequence has ground truth, writes OUT/summary.json
+    and OUT/plots/; returns the summary."""
+    if results is not None and all(s.has_gt for s in sequences):
+        summary["metrics"] = score_results(sequences, results)
+        summary["metrics"][COMBINED].update(label_free or {})
+        atomic_write_json(out_dir / "metrics.json", summary["metrics"])
         if evaluate_source:
             source_model, _ = load_checkpoint(source, map_location=device)
             _, source_metrics = track_and_score(source_model, sequences, tracker_params, None, show_progress)
             atomic_write_json(out_dir / "source_metrics.json", source_metrics)
             summary["source_metrics"] = source_metrics
     atomic_write_json(out_dir / "summary.json", {**summary, "darth_config": config.to_dict()})
-    write_adapt_plots(out_dir, run.method.title)
+    write_adapt_plots(out_dir, METHODS[config.method].title)
     return summary

@@ -75,9 +75,11 @@ class Method:
         """The parameters this method trains: the student's unfrozen ones."""
         return [p for p in self.student.parameters() if p.requires_grad]
 
-    def use_target_bn_statistics(self, batches, all_reduce_mean: Callable[[list[Tensor]], None] | None = None) -> int:
-        """Before the first step: the student's BatchNorm statistics estimated on the target `batches`."""
-        return estimate_bn_statistics(self.student, batches, all_reduce_mean)
+    def use_target_bn_statistics(self, batches, all_reduce_mean: Callable[[list[Tensor]], None] | None = None,
+                                 restart: bool = True) -> int:
+        """Before the first step: the student's BatchNorm statistics estimated on the target `batches` (online: before
+        every step, on the frames streamed so far, `restart` at the first; see `estimate_bn_statistics`)."""
+        return estimate_bn_statistics(self.student, batches, all_reduce_mean, restart)
 
     def plain_frames(self, frames: Tensor) -> Tensor:
         """``frames`` resized to config.frame_size (w, h), ratio not kept (the authors' loader); as given if None."""

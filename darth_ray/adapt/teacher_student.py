@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.ema import ema_update, make_teacher
@@ -30,10 +30,15 @@ class TeacherStudent(Method):
         return cls(student, make_teacher(student), config, lr=config.scaled_lr(workers),
                    ema_momentum=config.scaled_ema_momentum(workers))
 
-    def use_target_bn_statistics(self, batches, all_reduce_mean: Callable[[list[Tensor]], None] | None = None) -> int:
-        """Before the first step: student and teacher get BatchNorm statistics estimated on the target `batches`."""
-        seen = super().use_target_bn_statistics(batches, all_reduce_mean)
-        self.teacher.load_state_dict(self.student.state_dict())  # still identical but for the new statistics
+    def use_target_bn_statistics(self, batches, all_reduce_mean: Callable[[list[Tensor]], None] | None = None,
+                                 restart: bool = True) -> int:
+        """Student and teacher get BatchNorm statistics estimated on the target `batches` (see Method's)."""
+        seen = super().use_target_bn_statistics(batches, all_reduce_mean, restart)
+        with torch.no_grad():  # only the statistics (running mean, var, count): online, the weights differ by now
+            for t, s in zip(self.teacher.modules(), self.student.modules()):  # the teacher is the student's copy
+                if isinstance(t, nn.modules.batchnorm._BatchNorm):
+                    for mine, theirs in zip(t.buffers(), s.buffers()):
+                        mine.copy_(theirs)
         return seen
 
     @torch.no_grad()

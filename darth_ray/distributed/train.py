@@ -10,6 +10,7 @@
   and scored over all sequences, exactly as a single process scores them (per class on COCO-video and Scalabel
   data, as `darth-ray adapt` scores them), and the label-free scores (eval/label_free.py) with them, also on
   targets without ground truth.
+- The online protocol (DarthConfig.protocol, adapt/online.py) shards whole sequences instead: see `stream_shard`.
 """
 from __future__ import annotations
 
@@ -204,7 +205,6 @@ def evaluate_sharded(model, sequences, tracker_params: dict, rank: int, world: i
     scores against the ground truth ({} without any), label-free scores with `reference` as the agreement's)."""
     from darth_ray.data.sharding import frame_counts, shard_sequences
     from darth_ray.eval.label_free import label_free_scores, view_overlaps
-    from darth_ray.eval.metrics import score_results
     from darth_ray.eval.track import track_sequence
     from darth_ray.models.tracker import QuasiDenseTracker
 
@@ -213,14 +213,27 @@ def evaluate_sharded(model, sequences, tracker_params: dict, rank: int, world: i
     tracker = QuasiDenseTracker(**tracker_params)
     model.eval()
     results = {s.name: track_sequence(model, s, tracker) for s in mine}
-    overlaps = [view_overlaps(model, reference, s) for s in mine]
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (results, overlaps))
-        results = {k: v for part, _ in gathered for k, v in part.items()}
-        overlaps = [o for _, part in gathered for o in part]
+    overlaps = [o for part in _gather([view_overlaps(model, reference, s) for s in mine], world) for o in part]
+    results, scores = gather_and_score(sequences, results, world)
+    return results, scores, label_free_scores(results, overlaps)
+
+
+def _gather(part, world: int) -> list:
+    """Every rank's `part` (a picklable object), in rank order."""
+    if world == 1:
+        return [part]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, part)
+    return gathered
+
+
+def gather_and_score(sequences, results: dict, world: int) -> tuple[dict, dict]:
+    """Every rank's `results` (per sequence) gathered and scored over all sequences (the same on every rank)."""
+    from darth_ray.eval.metrics import score_results
+
+    results = {k: v for part in _gather(results, world) for k, v in part.items()}
     with_gt = [s for s in sequences if s.has_gt]
-    return results, (score_results(with_gt, results) if with_gt else {}), label_free_scores(results, overlaps)
+    return results, (score_results(with_gt, results) if with_gt else {})
 
 
 def quiet_report_echo() -> None:
@@ -250,6 +263,8 @@ def train_func(config: dict) -> str | None:
     device = str(ray.train.torch.get_device()) if torch.cuda.is_available() else "cpu"
 
     sequences, _ = loop.load_target()
+    if darth_config.protocol == "online":
+        return stream_shard(loop, sequences, rank, world, device)
     shards = shard_frames(frame_counts(sequences), world)
     steps_per_epoch = max(1, min(len(s) for s in shards) // darth_config.frames_per_batch)
     run = AdaptationRun(Path(loop.source), sequences, shards[rank], darth_config, steps_per_epoch=steps_per_epoch,
@@ -258,7 +273,7 @@ def train_func(config: dict) -> str | None:
         OverlappedAllReduce(run.method.params)  # its hooks average every backward's gradients
     # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
     # from every result, and ASHA's milestones fall on evaluated epochs.
-    last_eval = {k: math.nan for k in REPORTED_METRICS + tuple(f"best_{m}" for m in RANKING_METRICS)}
+    last_eval = not_evaluated()
     checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(loop.start_from) if loop.start_from else None)
     resumed_from = 0
     if checkpoint is not None:
@@ -311,6 +326,65 @@ def train_func(config: dict) -> str | None:
             _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
 
 
+def not_evaluated() -> dict:
+    """Every evaluation metric (and best_ ranking metric) as NaN: a report's before the first evaluation."""
+    return {k: math.nan for k in REPORTED_METRICS + tuple(f"best_{m}" for m in RANKING_METRICS)}
+
+
+def check_online_workers(darth: dict, workers: int) -> None:
+    """Refuses the online protocol with continual reset on several workers (`darth`: DarthConfig.to_dict()): it
+    carries one method through all sequences in order, which sharded sequences cannot do."""
+    if darth.get("protocol") == "online" and darth.get("reset") == "continual" and workers > 1:
+        raise ValueError(f"the online protocol with continual reset streams every sequence through one model, in "
+                         f"order: it runs on 1 worker, not {workers} (episodic reset shards sequences over workers)")
+
+
+def stream_shard(loop: TrainLoopConfig, sequences: list, rank: int, world: int, device: str) -> str | None:
+    """The online protocol on a worker (adapt/online.py): it streams its share of whole sequences
+    (`shard_sequences`) with a method of its own. No gradient averaging: online, a model adapts on the frames it
+    has just tracked; averaging in gradients of other workers' sequences would adapt it on frames it never saw. With
+    episodic reset every sequence's tracks are those one process makes; continual reset needs one worker
+    (`check_online_workers`). One report at the end, with the evaluation of every sequence's online tracks and rank
+    0's checkpoint of it (PROGRESS_FILE; with continual reset also final.pt, the model after the last sequence; Ray
+    Train keeps a result's metrics with its checkpoint). A restarted worker group streams again from the start.
+    Returns the error of a non-finite loss, else None."""
+    import ray.train
+
+    from darth_ray.adapt.online import OnlineRun
+    from darth_ray.data.sharding import frame_counts, shard_sequences
+    from darth_ray.eval.metrics import COMBINED
+
+    check_online_workers(loop.darth.to_dict(), world)
+    run = OnlineRun(Path(loop.source), loop.darth, loop.tracker, device)
+    started, error = time.perf_counter(), None
+    try:
+        run.run(sequences, names=set(shard_sequences(frame_counts(sequences), world)[rank]))
+    except FloatingPointError as e:
+        error = str(e)
+    error = _shared_error(error, world, device)
+    report = {"step": run.steps, "epoch": 1, "resumed_from_step": 0, **not_evaluated(), EVALUATED_KEY: False,
+              "start_from": None}
+    if error:
+        ray.train.report({**report, ERROR_KEY: error})
+        return error
+    _, scores = gather_and_score(sequences, run.results, world)
+    report["adapt_frames_per_s"] = sum(s.num_frames for s in sequences) / (time.perf_counter() - started)
+    if scores:
+        evaluation = reported_metrics(scores[COMBINED])
+        # online tracks get no label-free scores (the model changes while it tracks): they stay NaN
+        report.update({**evaluation, **{f"best_{m}": evaluation[m] for m in RANKING_METRICS if m in evaluation},
+                       EVALUATED_KEY: True})
+    if rank != 0:
+        ray.train.report(report)
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / PROGRESS_FILE).write_text(json.dumps({k: report[k] for k in not_evaluated()}))
+        if loop.darth.reset == "continual":
+            run.save_student(Path(d) / "final.pt")
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+    return None
+
+
 def reported_metrics(combined: dict) -> dict:
     """EVAL_METRICS of a COMBINED score row. A MOTChallenge row has no class means: its one class's values are
     the overall ones."""
@@ -330,14 +404,19 @@ def _step_on_every_rank(run, world: int) -> tuple[dict | None, str | None]:
         losses, error = run.run_step(), None
     except FloatingPointError as e:
         losses, error = None, str(e)
+    return losses, _shared_error(error, world, run.device)
+
+
+def _shared_error(error: str | None, world: int, device: str) -> str | None:
+    """Every rank's error joined, on every rank; None when no rank had one."""
     if world > 1:
-        failed = torch.tensor([float(error is not None)], device=run.device)
+        failed = torch.tensor([float(error is not None)], device=device)
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         if failed.item():
             errors = [None] * world
             dist.all_gather_object(errors, error and f"rank {dist.get_rank()}: {error}")
             error = "; ".join(e for e in errors if e)
-    return losses, error
+    return error
 
 
 def _report(run, metrics: dict, evaluation: dict, with_checkpoint: bool, final: bool) -> None:

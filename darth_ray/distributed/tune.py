@@ -21,7 +21,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from darth_ray.distributed.progress import ConsoleProgress
 from darth_ray.distributed.train import (ERROR_KEY, EVALUATED_KEY, RANKING_METRICS, REPORTED_METRICS,
-                                         NonFiniteLossError, TrainLoopConfig, train_func)
+                                         NonFiniteLossError, TrainLoopConfig, check_online_workers, train_func)
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ def _fit(train_loop_config: dict, workers: int, gpus_per_worker: float, storage_
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    check_online_workers(train_loop_config["darth"], workers)
     reports = None
     if in_tune:
         from ray.util.queue import Queue

@@ -63,42 +63,75 @@ def detect_and_embed(model, frames: torch.Tensor, max_size: int | None = None,
     return [{**d, "boxes": d["boxes"] / scale, "embeds": e} for d, e in zip(detections, embeds)]
 
 
+def frame_batches(num_frames: int, batch_size: int) -> list[list[int]]:
+    """The 1-based frame ids of a sequence in consecutive batches of `batch_size` (the last one may be shorter)."""
+    return [list(range(s, min(s + batch_size, num_frames + 1))) for s in range(1, num_frames + 1, batch_size)]
+
+
+def load_frames(sequence: Sequence, frame_ids: list[int]) -> torch.Tensor:
+    """The frames as one uint8 RGB batch [B, 3, H, W]."""
+    return torch.stack([sequence.load_image(f) for f in frame_ids])
+
+
+def result_columns(result: dict[str, np.ndarray]) -> tuple:
+    """A sequence's tracks as write_results' and write_scalabel_results' columns."""
+    return result["frames"], result["ids"], result["boxes"], result["scores"], result.get("labels")
+
+
+class SequenceTracking:
+    """One sequence tracked batch by batch in frame order: `track(frame_ids, images)` for every batch (the tracker's
+    state carries from batch to batch), then `result()`. Between batches the model may change (the online protocol,
+    adapt/online.py); tracking a whole sequence is the same calls with a fixed model (`track_sequence`)."""
+
+    def __init__(self, model, sequence: Sequence, tracker: QuasiDenseTracker, max_size: int | None = None,
+                 embedder=None):
+        if max_size is not None and not (isinstance(max_size, int) and max_size >= 1):
+            raise ValueError(f"max_size must be None or an int >= 1, got {max_size!r}")
+        self.multi_class = model.config.num_classes > 1
+        if self.multi_class and model.config.num_classes != len(sequence.class_names):
+            raise ValueError(f"{sequence.name}: the model has {model.config.num_classes} classes, the dataset "
+                             f"{len(sequence.class_names)} ({', '.join(sequence.class_names)})")
+        self.model, self.tracker, self.max_size, self.embedder = model, tracker, max_size, embedder
+        tracker.reset()
+        self.out = {"frames": [], "ids": [], "boxes": [], "scores": [], **({"labels": []} if self.multi_class else {})}
+
+    def track(self, frame_ids: list[int], images: torch.Tensor) -> None:
+        """Detect on the uint8 RGB frames `images` [B, 3, H, W] (`frame_ids`, in order) and associate them."""
+        self.model.eval()
+        if self.embedder is not None:
+            self.embedder.eval()
+        out = self.out
+        for frame, det in zip(frame_ids, detect_and_embed(self.model, images, self.max_size, self.embedder)):
+            boxes, scores, ids, labels = self.tracker.update(frame, det["boxes"], det["scores"], det["embeds"],
+                                                             det["labels"], return_labels=True)
+            out["frames"].append(np.full(len(ids), frame))
+            out["ids"].append(ids.cpu().numpy() + 1)
+            out["boxes"].append(boxes.cpu().numpy())
+            out["scores"].append(scores.cpu().numpy())
+            if self.multi_class:
+                out["labels"].append(labels.cpu().numpy())
+
+    def result(self) -> dict[str, np.ndarray]:
+        """MOT arrays {"frames", "ids" (1-based), "boxes" (x1y1x2y2), "scores"} and, from a model of several classes,
+        "labels" (0-based indices into the sequence's class names)."""
+        return {k: np.concatenate(v) if v else np.zeros((0, 4) if k == "boxes" else 0) for k, v in self.out.items()}
+
+
 def track_sequence(model, sequence: Sequence, tracker: QuasiDenseTracker, batch_size: int = 4,
                    max_size: int | None = None, progress: tqdm | None = None,
                    embedder=None) -> dict[str, np.ndarray]:
-    """Track one sequence; returns MOT arrays {"frames", "ids" (1-based), "boxes" (x1y1x2y2), "scores"} and, from
-    a model of several classes, "labels" (0-based indices into the sequence's class names)."""
+    """Track one sequence; returns `SequenceTracking.result()`."""
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if max_size is not None and not (isinstance(max_size, int) and max_size >= 1):
-        raise ValueError(f"max_size must be None or an int >= 1, got {max_size!r}")
-    multi_class = model.config.num_classes > 1
-    if multi_class and model.config.num_classes != len(sequence.class_names):
-        raise ValueError(f"{sequence.name}: the model has {model.config.num_classes} classes, the dataset "
-                         f"{len(sequence.class_names)} ({', '.join(sequence.class_names)})")
-    tracker.reset()
-    model.eval()
-    if embedder is not None:
-        embedder.eval()
-    out = {"frames": [], "ids": [], "boxes": [], "scores": [], **({"labels": []} if multi_class else {})}
-    batches = [list(range(s, min(s + batch_size, sequence.num_frames + 1)))
-               for s in range(1, sequence.num_frames + 1, batch_size)]
-    load = lambda i: torch.stack([sequence.load_image(f) for f in batches[i]])
-    with Prefetcher(load, next(model.parameters()).device, len(batches)) as ahead:
+    tracking = SequenceTracking(model, sequence, tracker, max_size, embedder)
+    batches = frame_batches(sequence.num_frames, batch_size)
+    device = next(model.parameters()).device
+    with Prefetcher(lambda i: load_frames(sequence, batches[i]), device, len(batches)) as ahead:
         for i, frame_ids in enumerate(batches):
-            images = ahead.get(i)
-            for frame, det in zip(frame_ids, detect_and_embed(model, images, max_size, embedder)):
-                boxes, scores, ids, labels = tracker.update(frame, det["boxes"], det["scores"], det["embeds"],
-                                                            det["labels"], return_labels=True)
-                out["frames"].append(np.full(len(ids), frame))
-                out["ids"].append(ids.cpu().numpy() + 1)
-                out["boxes"].append(boxes.cpu().numpy())
-                out["scores"].append(scores.cpu().numpy())
-                if multi_class:
-                    out["labels"].append(labels.cpu().numpy())
+            tracking.track(frame_ids, ahead.get(i))
             if progress is not None:
                 progress.update(len(frame_ids))
-    return {k: np.concatenate(v) if v else np.zeros((0, 4) if k == "boxes" else 0) for k, v in out.items()}
+    return tracking.result()
 
 
 def track_sequences(model, sequences: list[Sequence], out_dir: Path | None = None,
@@ -115,7 +148,7 @@ def track_sequences(model, sequences: list[Sequence], out_dir: Path | None = Non
         for seq in sequences:
             bar.set_postfix_str(seq.name)
             r = results[seq.name] = track_sequence(model, seq, tracker, batch_size, max_size, bar, embedder)
-            columns = r["frames"], r["ids"], r["boxes"], r["scores"], r.get("labels")
+            columns = result_columns(r)
             if out_dir is not None:
                 write_results(Path(out_dir) / f"{seq.name}.txt", *columns)
             if scalabel_dir is not None:
