@@ -282,7 +282,8 @@ def _adapt(args: argparse.Namespace) -> None:
             print("source model:\n" + format_table(summary["source_metrics"]))
         print(f"{METHODS[config.method].title}:\n" + format_table(summary["metrics"]))
         combined = summary["metrics"][COMBINED]
-        print("label-free: " + "  ".join(f"{k} {combined[k]:.3f}" for k in LABEL_FREE_METRICS))
+        if all(k in combined for k in LABEL_FREE_METRICS):  # the offline protocol's evaluation computes them
+            print("label-free: " + "  ".join(f"{k} {combined[k]:.3f}" for k in LABEL_FREE_METRICS))
         print(f"wrote {Path(args.out) / 'metrics.json'}")
 
 
