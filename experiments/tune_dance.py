@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # `ray job submit --working-dir .` runs this file
 
 from ray import tune  # noqa: E402
 
+from darth_ray.adapt.config import PROTOCOLS, RESETS  # noqa: E402
 from darth_ray.adapt.methods import METHODS  # noqa: E402
 from darth_ray.io import InputError, atomic_write_json  # noqa: E402
 
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=at_least(1), default=None,
                    help=f"DARTH epochs per trial ({EMBEDDED['epochs']}; with --config the file's)")
     g.add_argument("--method", choices=tuple(METHODS), help="adaptation method of every trial (darth)")
+    g.add_argument("--protocol", choices=PROTOCOLS, help="how every trial sees the target (offline; online: each "
+                   "sequence streams once, tracked before it is adapted on; needs --reset)")
+    g.add_argument("--reset", choices=RESETS, help="with --protocol online: episodic (per sequence; shards over "
+                   "workers) or continual (1 worker per trial)")
     g.add_argument("--workers-per-trial", type=at_least(1), default=1, help="Ray Train workers per trial (1)")
     g.add_argument("--gpus-per-worker", type=at_least(0, float), default=0.0, help="GPUs per Train worker (0)")
     g.add_argument("--threads-per-worker", type=at_least(1), default=1,
@@ -158,6 +163,15 @@ def check_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         except (InputError, OSError) as e:  # first line: torch's unpickling errors run on for several
             parser.error(f"argument {flag}: {str(e).splitlines()[0]}")
 
+    how = {k: getattr(args, k) for k in ("protocol", "reset") if getattr(args, k)}
+    if how:  # DarthConfig's and the Ray worker's own checks, before the benchmark and source model are made
+        from darth_ray.adapt.config import DarthConfig
+        from darth_ray.distributed.train import check_online_workers
+
+        try:
+            check_online_workers(DarthConfig(**how).to_dict(), args.workers_per_trial)
+        except ValueError as e:
+            parser.error(f"argument --protocol/--reset: {e}")
     if args.repeats > 1 and args.scheduler != "fifo":  # before the benchmark and source model are made
         parser.error(f"argument --repeats: needs --scheduler fifo (a configuration's mean over seeds is biased "
                      f"when {args.scheduler} stops or clones trials)")
@@ -242,7 +256,8 @@ def base_darth_config(args) -> dict:
     """What every trial starts from (the searched knobs override it): the seed; with --config the file's DARTH
     settings, --epochs if given; without, --epochs (2) with lr dropping before the last; on the embedded benchmark
     its DARTH settings beneath."""
-    darth: dict = {"seed": args.seed, **({"method": args.method} if args.method else {})}
+    darth: dict = {"seed": args.seed, **{k: getattr(args, k) for k in ("method", "protocol", "reset")
+                                         if getattr(args, k)}}
     if args.config is not None:
         darth = {**config_settings(args.config, args.source)["darth"], **darth}
         if args.epochs is not None:

@@ -230,3 +230,16 @@ def test_repeats_are_ranked_by_their_mean_and_need_fifo(tmp_path, capsys, no_ray
         tune_dance.main(["--repeats", "2", "--runs", str(tmp_path / "runs")])
     assert "argument --repeats: needs --scheduler fifo" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_protocol_and_reset_reach_every_trial_and_bad_combinations_stop_first(tmp_path, capsys, no_ray_start):
+    args = tune_dance.parse_args(["--protocol", "online", "--reset", "episodic"])
+    assert {k: tune_dance.base_darth_config(args)[k] for k in ("protocol", "reset")} == {
+        "protocol": "online", "reset": "episodic"}
+    for argv, message in ((["--protocol", "online"], "the online protocol needs reset"),
+                          (["--protocol", "online", "--reset", "continual", "--workers-per-trial", "2"],
+                           "it runs on 1 worker, not 2")):
+        with pytest.raises(SystemExit):
+            tune_dance.main([*argv, "--runs", str(tmp_path / "runs")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -259,6 +259,10 @@ FIELD_HELP = {
     "method": "the test-time adaptation method: source (no update), adabn (target BN statistics), tent (entropy of "
               "the class scores, BN affine trained), mean_teacher (supervised losses on the EMA teacher's "
               "pseudo-labels), kd (DARTH without the contrastive loss), darth",
+    "protocol": "offline: epochs over the target frames, then tracking; online: every sequence streams once in "
+                "frame order, each batch tracked before one adaptation step on it (its tracks are the results)",
+    "reset": "online only: episodic restarts from the source model at every sequence, continual carries over "
+             "(in the dataset's order)",
     "aug_strength": "scales every view augmentation range at once: 0 = the plain resized frame, 1 = the published "
                     "ranges, 2 = twice as wide; range 0-2",
     "scale_range": "random rescale of the views around img_scale (mmdet ratio_range); pair low <= high, low > 0",
