@@ -33,3 +33,15 @@ def test_a_line_per_trial_event_with_its_searched_values_best_and_progress(monke
     b = FakeTrial(trial_id="b", config={"darth": {"lr": 0.001}}, error_file="/x/error.txt")
     progress.on_trial_error(0, [], b)  # failed before its first epoch: its 2 epochs will not run
     assert lines[-1] == "b failed (error file: /x/error.txt) [1/2 trials done, ~0 min left]"
+
+
+def test_it_pickles_after_print_was_replaced(monkeypatch, capsys):
+    """Tune pickles its callbacks with the experiment state; Ray Train replaces builtins.print in the driver."""
+    import builtins
+    import pickle
+
+    original = builtins.print
+    monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
+    progress = pickle.loads(pickle.dumps(ConsoleProgress("HOTA", [], num_samples=1, epochs=1)))
+    progress.on_trial_start(0, [], FakeTrial(trial_id="a", config={}))
+    assert capsys.readouterr().out == "a started: \n"

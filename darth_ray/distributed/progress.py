@@ -34,14 +34,19 @@ def time_left(elapsed: float, epochs_done: int, epochs_left: int) -> float | Non
 
 
 class ConsoleProgress(tune.Callback):
-    def __init__(self, metric: str, searched: list[str], num_samples: int, epochs: int, out=print):
+    def __init__(self, metric: str, searched: list[str], num_samples: int, epochs: int, out=None):
         self.metric, self.searched, self.num_samples, self.epochs = metric, searched, num_samples, epochs
-        self.out = out
+        # None: print, looked up when a line is written (Tune pickles its callbacks, and Ray Train replaces
+        # builtins.print in the driver, so the print of import time no longer pickles)
+        self._out = out
         self.started = time.monotonic()
         self.epochs_done: dict[str, int] = {}  # trial id: evaluated epochs
         self.best: dict[str, float] = {}
         self.ended = 0
         self.epochs_skipped = 0  # by trials that ended early (stopped by the scheduler, failed)
+
+    def out(self, line: str) -> None:
+        (self._out or print)(line)
 
     def _status(self) -> str:
         done = sum(self.epochs_done.values())
