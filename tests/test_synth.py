@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from darth_ray.data import synth
-from darth_ray.data.synth import (DEFAULT_TARGET_DOMAINS, SynthConfig, benchmark_matches, generate_benchmark,
-                                  make_scene, render_frame, scene_ground_truth)
+from darth_ray.data.synth import (DEFAULT_TARGET_DOMAINS, PIXEL_DOMAINS, SCENE_DOMAINS, SynthConfig,
+                                  benchmark_matches, generate_benchmark, make_scene, render_frame, scene_ground_truth,
+                                  source_split_key)
 
 TINY = dict(width=96, height=64, frames=6, train_sequences=2, val_sequences=1, people=4)
 ALL_DOMAINS = ("source",) + DEFAULT_TARGET_DOMAINS
@@ -137,7 +139,7 @@ def test_same_scenes_in_every_domain(tiny):
     for split in ("train", "val"):
         for name in config.sequence_names(split):
             source = (out / "source" / split / name / "gt" / "gt.txt").read_bytes()
-            for domain in DEFAULT_TARGET_DOMAINS:
+            for domain in PIXEL_DOMAINS:
                 assert (out / domain / split / name / "gt" / "gt.txt").read_bytes() == source
     # ... while different sequences are different scenes.
     train = [(out / "source" / "train" / n / "gt" / "gt.txt").read_bytes() for n in config.sequence_names("train")]
@@ -217,7 +219,7 @@ def test_zero_strength_is_the_source_domain():
     config = SynthConfig(width=128, height=64, frames=4, train_sequences=1, val_sequences=1, people=3)
     scene = make_scene(config, "train", 1)
     source = render_frame(scene, 2, "source")
-    for domain in DEFAULT_TARGET_DOMAINS:
+    for domain in PIXEL_DOMAINS:
         assert np.array_equal(render_frame(scene, 2, domain, strength=0.0), source), domain
         assert not np.array_equal(render_frame(scene, 2, domain, strength=1.0), source), domain
 
@@ -237,9 +239,99 @@ def test_render_frame_rejects_bad_arguments():
 def test_stronger_shift_moves_further_from_source():
     scene = make_scene(SynthConfig(frames=4, train_sequences=1, val_sequences=1), "val", 1)
     source = render_frame(scene, 1).astype(np.float32)
-    for domain in DEFAULT_TARGET_DOMAINS:
+    for domain in PIXEL_DOMAINS:
         weak, strong = (np.abs(render_frame(scene, 1, domain, strength=s) - source).mean() for s in (0.3, 0.9))
         assert strong > weak > 0, domain
+
+
+def by_id(rows) -> dict[int, np.ndarray]:
+    """{track id: [frames, 5] rows (frame, x, y, w, h)} of scene_ground_truth rows."""
+    rows = np.array(rows)
+    return {int(i): rows[rows[:, 1] == i][:, [0, 2, 3, 4, 5]] for i in np.unique(rows[:, 1])}
+
+
+SCENE_CONFIG = SynthConfig(frames=60, train_sequences=1, val_sequences=2, balls=1)
+
+
+@pytest.mark.parametrize("domain", SCENE_DOMAINS)
+def test_scene_domains_are_the_source_scene_at_zero_strength_and_keep_its_stage(domain):
+    config = SynthConfig(**{**TINY, "shift_strength": 0.0})
+    source, shifted = make_scene(config, "val", 1), make_scene(config, "val", 1, domain)
+    assert scene_ground_truth(shifted) == scene_ground_truth(source)
+    assert np.array_equal(render_frame(shifted, 3, domain), render_frame(source, 3))
+    strong, base = make_scene(SCENE_CONFIG, "val", 1, domain), make_scene(SCENE_CONFIG, "val", 1)
+    assert not np.array_equal(render_frame(strong, 30, domain), render_frame(base, 30))
+    assert (scene_ground_truth(strong) == scene_ground_truth(base)) == (domain == "uniform")  # clothes only
+    assert np.array_equal(strong.background, base.background) and np.array_equal(strong.jitter, base.jitter)
+
+
+def test_closeup_and_far_change_the_size_of_everyone():
+    source = by_id(scene_ground_truth(make_scene(SCENE_CONFIG, "val", 2)))
+    for domain, low, high in (("closeup", 1.7, 2.3), ("far", 0.45, 0.6)):
+        shifted = by_id(scene_ground_truth(make_scene(SCENE_CONFIG, "val", 2, domain)))
+        ratios = []
+        for i, rows in source.items():
+            common = np.intersect1d(rows[:, 0], shifted[i][:, 0])
+            a = rows[np.isin(rows[:, 0], common)][:, 4]
+            b = shifted[i][np.isin(shifted[i][:, 0], common)][:, 4]
+            ratios.append(np.median(b / a))
+        assert low < np.median(ratios) < high, (domain, ratios)
+
+
+def test_crowd_adds_dancers_and_leaves_the_others_where_they_were():
+    s = SCENE_CONFIG.shift_strength
+    source, crowd = make_scene(SCENE_CONFIG, "val", 1), make_scene(SCENE_CONFIG, "val", 1, "crowd")
+    assert len(crowd.people) == len(source.people) + round(3 * s * len(source.people))
+    before, after = by_id(scene_ground_truth(source)), by_id(scene_ground_truth(crowd))
+    for i, rows in before.items():   # the source's people and ball, unchanged and with their ids
+        assert np.array_equal(after[i], rows)
+    new = set(after) - set(before)
+    assert len(new) >= len(source.people) and min(new) > max(before)
+    costumes = {(p.top, p.bottom) for p in source.people}
+    # Extra dancers wear the scene's costumes (jittered as any dancer's): no new look.
+    for p in crowd.people[len(source.people):]:
+        assert min(np.abs(np.subtract(p.top, t)).max() for t, _ in costumes) <= 24
+
+
+def test_uniform_dresses_everyone_alike_in_a_costume_of_no_source_scene():
+    source, uniform = make_scene(SCENE_CONFIG, "val", 1), make_scene(SCENE_CONFIG, "val", 1, "uniform")
+    assert scene_ground_truth(uniform) == scene_ground_truth(source)   # the same dance, other clothes
+    looks = {(p.top, p.bottom, p.skin, p.hair) for p in uniform.people}
+    assert len(looks) == 1
+    top = np.array(next(iter(looks))[0])
+    assert all(np.abs(top - np.array(c[0])).max() > 60 for c in synth._COSTUMES)
+
+
+def test_fast_moves_everyone_farther_between_frames():
+    def mean_step(rows) -> float:
+        steps = [np.abs(np.diff(r[:, 1] + r[:, 3] / 2)) for r in by_id(rows).values() if len(r) > 1]
+        return float(np.mean(np.concatenate(steps)))
+    source = mean_step(scene_ground_truth(make_scene(SCENE_CONFIG, "val", 1)))
+    fast = mean_step(scene_ground_truth(make_scene(SCENE_CONFIG, "val", 1, "fast")))
+    assert fast > 2.5 * source
+
+
+def test_scene_domains_get_their_own_ground_truth_and_share_the_source_model(tmp_path):
+    config = SynthConfig(**{**TINY, "domains": ("source", "night", "crowd"), "balls": 1, "width": 192,
+                            "height": 128})
+    out = tmp_path / "bench"
+    manifest = generate_benchmark(out, config, progress=False)
+    gt = {d: read_gt(out / d / "val" / "synth-val-01" / "gt" / "gt.txt") for d in config.domains}
+    assert np.array_equal(gt["night"], gt["source"])
+    assert len(np.unique(gt["crowd"][:, 1])) > len(np.unique(gt["source"][:, 1]))
+    coco = json.loads((out / "crowd" / "annotations" / "val_cocofmt.json").read_text())
+    assert len(coco["annotations"]) == len(gt["crowd"])
+    image = cv2.imread(str(out / "crowd" / "val" / "synth-val-01" / "img1" / "00000003.jpg"))
+    rendered = {d: render_frame(make_scene(config, "val", 1, d), 2, d).astype(float) for d in ("crowd", "source")}
+    where = np.abs(rendered["crowd"] - rendered["source"]).max(axis=2) > 40   # the extra dancers
+    error = {d: np.abs(image - r)[where].mean() for d, r in rendered.items()}
+    assert where.sum() > 100 and error["crowd"] < 0.3 * error["source"]   # the crowd scene's frame, up to JPEG
+    # A source model depends on the source frames alone: other target domains, strengths or val splits keep it.
+    other = dataclasses.replace(config, domains=("source", "fog"), shift_strength=0.3, val_sequences=3)
+    assert source_split_key({"version": manifest["version"], "config": other.to_dict()}) == source_split_key(manifest)
+    more_frames = dataclasses.replace(config, frames=7)
+    assert source_split_key({"version": manifest["version"], "config": more_frames.to_dict()}) \
+        != source_split_key(manifest)
 
 
 # ------------------------------------------------------------------------------------------------ difficulty

@@ -11,7 +11,17 @@ are rendered in every domain and per-domain numbers are comparable; a domain onl
 - noise_blur:  camera motion blur along one direction per sequence, plus Gaussian sensor noise (luma + chroma).
 - texture:     the background is overlaid with a busy, high-frequency pattern in costume-like colours.
 
-Every shift is the identity at `shift_strength` 0 and grows with it. Output (MOTChallenge/DanceTrack layout):
+Those four change pixels, and re-estimating BatchNorm statistics on the target frames (AdaBN) already undoes most
+of them. The scene domains change what is filmed instead (the same scenes, shifted; each has its own ground
+truth), which no statistics of the pixels can undo:
+
+- closeup:     the camera is closer: people and balls are 2.2x larger (more of them cut by the frame edges).
+- far:         the camera is farther away: people and balls are half as large.
+- crowd:       2.8x as many dancers in the same costumes: denser, more and longer occlusions.
+- uniform:     everyone wears one costume never seen in the source domain, with the same skin and hair.
+- fast:        everyone dances and moves 3.4x faster (larger displacements between frames).
+
+Every shift is the identity at `shift_strength` 0 and grows with it (the factors above are at the default 0.6). Output (MOTChallenge/DanceTrack layout):
 
     OUT/<domain>/{train,val}/<seq>/img1/00000001.jpg, gt/gt.txt (frame,id,x,y,w,h,1,1,1), seqinfo.ini
     OUT/<domain>/{train,val}_seqmap.txt
@@ -44,7 +54,9 @@ import numpy as np
 from darth_ray.io import atomic_write_json, atomic_write_text, dataclass_from_dict
 
 SOURCE_DOMAIN = "source"
-DEFAULT_TARGET_DOMAINS = ("night", "fog", "noise_blur", "texture")
+PIXEL_DOMAINS = ("night", "fog", "noise_blur", "texture")
+SCENE_DOMAINS = ("closeup", "far", "crowd", "uniform", "fast")
+DEFAULT_TARGET_DOMAINS = PIXEL_DOMAINS + SCENE_DOMAINS
 KNOWN_DOMAINS = (SOURCE_DOMAIN,) + DEFAULT_TARGET_DOMAINS
 DOMAIN_DESCRIPTIONS = {
     "source": "clean rendering",
@@ -52,6 +64,11 @@ DOMAIN_DESCRIPTIONS = {
     "fog": "slight blur, blend toward bluish grey, denser toward the top of the frame",
     "noise_blur": "camera motion blur (one direction per sequence) + Gaussian luma and chroma sensor noise",
     "texture": "busy high-frequency pattern (checkerboard, stripes, confetti) over the background",
+    "closeup": "camera closer: people and balls 1 + 2s times larger",
+    "far": "camera farther away: people and balls 1 - 0.8s times as large",
+    "crowd": "1 + 3s times as many dancers, in the scene's costumes",
+    "uniform": "everyone in one costume unseen in the source domain, same skin and hair",
+    "fast": "dancing and moving 1 + 4s times faster",
 }
 SPLITS = ("train", "val")
 BENCHMARK_FILE = "benchmark.json"
@@ -77,6 +94,7 @@ _COSTUMES = (
     ((140, 60, 140), (40, 40, 40)),      # purple top
     ((200, 200, 200), (200, 200, 200)),  # all light grey
 )
+_UNIFORM = ((190, 190, 40), (40, 130, 190))  # teal top, ochre trousers: in no source costume
 _SKIN_TONES = ((150, 185, 225), (110, 145, 190), (75, 100, 140))
 _HAIR_COLOURS = ((25, 25, 30), (30, 50, 80), (60, 90, 130))
 _BALL_COLOURS = ((0, 140, 255), (40, 220, 255), (200, 60, 240), (60, 60, 230))  # BGR: orange, yellow, pink, red
@@ -261,8 +279,9 @@ def _smoothstep(u: np.ndarray | float) -> np.ndarray | float:
     return u * u * (3 - 2 * u)
 
 
-def make_scene(config: SynthConfig, split: str, index: int) -> Scene:
-    """The scene of sequence `index` (1-based) of `split`: identical in every domain."""
+def make_scene(config: SynthConfig, split: str, index: int, domain: str = SOURCE_DOMAIN) -> Scene:
+    """The scene of sequence `index` (1-based) of `split`: identical in every domain but the SCENE_DOMAINS, which
+    shift it (with random draws of their own, so the rest of the scene stays as it is)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     count = config.train_sequences if split == "train" else config.val_sequences
@@ -273,7 +292,6 @@ def make_scene(config: SynthConfig, split: str, index: int) -> Scene:
     motion_rng, background_rng = _rng(*key, 0), _rng(*key, 1)
     W, H, T = config.width, config.height, config.frames
     scale = H / _REFERENCE_HEIGHT
-
     costume_ids = motion_rng.choice(len(_COSTUMES), size=int(motion_rng.integers(2, 4)), replace=False)
     skin_ids = motion_rng.choice(len(_SKIN_TONES), size=2, replace=False)
     n = config.people
@@ -282,47 +300,8 @@ def make_scene(config: SynthConfig, split: str, index: int) -> Scene:
     transit_people = set(motion_rng.choice(n, size=n_transit, replace=False).tolist())
     horizon = _HORIZON * H
     floor_top, floor_bottom = horizon + 0.10 * H, 1.0 * H
-    people = []
-    for i in range(n):
-        top, bottom = _COSTUMES[int(costume_ids[motion_rng.integers(len(costume_ids))])]
-        y_amplitudes = motion_rng.uniform(0.02, 0.07, size=2) * H
-        y_margin = float(y_amplitudes.sum())
-        anchor_y = motion_rng.uniform(floor_top + y_margin, floor_bottom - y_margin)
-        # Slow wide sway + faster smaller wiggles: smooth, non-linear, with frequent direction changes.
-        x_amplitudes = np.array([motion_rng.uniform(0.08, 0.22), motion_rng.uniform(0.03, 0.08),
-                                 motion_rng.uniform(0.0, 0.03)]) * W
-        x_periods = np.array([motion_rng.uniform(60, 160), motion_rng.uniform(25, 60), motion_rng.uniform(10, 25)])
-        y_periods = np.array([motion_rng.uniform(40, 140), motion_rng.uniform(15, 40)])
-        x_waves = np.stack([x_amplitudes, 2 * np.pi / x_periods, motion_rng.uniform(0, 2 * np.pi, 3)], axis=1)
-        y_waves = np.stack([y_amplitudes, 2 * np.pi / y_periods, motion_rng.uniform(0, 2 * np.pi, 2)], axis=1)
-        base_height = motion_rng.uniform(38.0, 50.0) * scale
-        transit = 0
-        if i in transit_people:
-            transit = 1 if motion_rng.random() < 0.5 else -1
-        side = 1 if motion_rng.random() < 0.5 else -1
-        anchor_x = motion_rng.uniform(0.12, 0.88) * W
-        # Far enough that the whole body (and its sway) is outside the frame at the end of the walk.
-        distance = (W - anchor_x if side > 0 else anchor_x) + float(x_amplitudes.sum()) + 0.5 * base_height * 1.2
-        duration = motion_rng.uniform(0.25, 0.4) * (T - 1)
-        start = motion_rng.uniform(0.05, 0.55) * (T - 1 - duration) + (0.0 if transit > 0 else 0.3 * (T - 1))
-        start = min(start, T - 1 - duration)
-        arm_base = (motion_rng.uniform(0.2, 2.2), motion_rng.uniform(0.2, 2.2))
-        people.append(Person(
-            track_id=i + 1,
-            top=_jittered(top, motion_rng, 12), bottom=_jittered(bottom, motion_rng, 10),
-            skin=_jittered(_SKIN_TONES[int(skin_ids[motion_rng.integers(2)])], motion_rng, 10),
-            hair=_HAIR_COLOURS[int(motion_rng.integers(len(_HAIR_COLOURS)))],
-            base_height=base_height, build=motion_rng.uniform(0.9, 1.15),
-            anchor=(anchor_x, anchor_y), x_waves=x_waves, y_waves=y_waves,
-            transit=transit, transit_side=side, transit_t0=start, transit_duration=duration,
-            transit_distance=distance,
-            arm_base=arm_base, arm_swing=motion_rng.uniform(0.3, 1.0), arm_omega=2 * np.pi / motion_rng.uniform(8, 24),
-            arm_phase=motion_rng.uniform(0, 2 * np.pi), arms_mirrored=bool(motion_rng.random() < 0.5),
-            elbow_bend=motion_rng.uniform(0.0, 1.2), leg_spread=motion_rng.uniform(0.05, 0.3),
-            leg_swing=motion_rng.uniform(0.1, 0.4), step_omega=2 * np.pi / motion_rng.uniform(8, 20),
-            step_phase=motion_rng.uniform(0, 2 * np.pi), lean_amplitude=motion_rng.uniform(0.0, 0.2),
-            lean_omega=2 * np.pi / motion_rng.uniform(15, 50), lean_phase=motion_rng.uniform(0, 2 * np.pi),
-        ))
+    people = [_make_person(motion_rng, i + 1, i in transit_people, costume_ids, skin_ids, config, floor_top,
+                           floor_bottom) for i in range(n)]
 
     # Camera jitter: a smoothed random walk of a few pixels, integer so the background crop stays exact.
     max_jitter = max(1, round(3 * scale))
@@ -333,9 +312,96 @@ def make_scene(config: SynthConfig, split: str, index: int) -> Scene:
     jitter = np.clip(np.round(walk), -max_jitter, max_jitter).astype(np.int64)
     margin = max_jitter + 1
     background = _render_background(background_rng, W, H, margin)
-    return Scene(config=config, split=split, index=index, name=sequence_name(split, index), people=people,
-                 jitter=jitter, margin=margin, background=background, seed_key=key,
-                 balls=_make_balls(config, _rng(*key, 4), floor_top, floor_bottom))
+    scene = Scene(config=config, split=split, index=index, name=sequence_name(split, index), people=people,
+                  jitter=jitter, margin=margin, background=background, seed_key=key,
+                  balls=_make_balls(config, _rng(*key, 4), floor_top, floor_bottom))
+    if domain in SCENE_DOMAINS and config.shift_strength > 0:
+        def extra_person(rng: np.random.Generator, track_id: int) -> Person:
+            return _make_person(rng, track_id, False, costume_ids, skin_ids, config, floor_top, floor_bottom)
+        _shift_scene(scene, domain, config.shift_strength, extra_person)
+    return scene
+
+
+def _shift_scene(scene: Scene, domain: str, s: float, extra_person) -> None:
+    """Apply a SCENE_DOMAINS shift of strength `s` to `scene` in place."""
+    rng = _rng(*scene.seed_key, 5, _domain_code(domain))
+    replace = dataclasses.replace
+    if domain in ("closeup", "far"):
+        f = 1 + 2.0 * s if domain == "closeup" else 1 - 0.8 * s
+        # A transit still ends with the whole (resized) body outside the frame.
+        scene.people = [replace(p, base_height=p.base_height * f,
+                                transit_distance=p.transit_distance + 0.6 * p.base_height * (f - 1))
+                        for p in scene.people]
+        scene.balls = [replace(b, radius=b.radius * f, bounce_height=b.bounce_height * f) for b in scene.balls]
+    elif domain == "crowd":
+        first = max([p.track_id for p in scene.people] + [b.track_id for b in scene.balls]) + 1
+        scene.people += [extra_person(rng, first + k) for k in range(round(3 * s * len(scene.people)))]
+    elif domain == "uniform":
+        w = min(1.0, 2 * s)
+
+        def mix(own, common) -> tuple[int, int, int]:
+            return tuple(int(round((1 - w) * a + w * b)) for a, b in zip(own, common))
+        skin, hair = _SKIN_TONES[0], _HAIR_COLOURS[0]
+        scene.people = [replace(p, top=mix(p.top, _UNIFORM[0]), bottom=mix(p.bottom, _UNIFORM[1]),
+                                skin=mix(p.skin, skin), hair=mix(p.hair, hair)) for p in scene.people]
+    elif domain == "fast":
+        f = 1 + 4.0 * s
+
+        def faster(waves: np.ndarray) -> np.ndarray:
+            return waves * np.array([1.0, f, 1.0])   # (amplitude, angular frequency, phase)
+        scene.people = [replace(p, x_waves=faster(p.x_waves), y_waves=faster(p.y_waves), arm_omega=p.arm_omega * f,
+                                step_omega=p.step_omega * f, lean_omega=p.lean_omega * f,
+                                transit_duration=p.transit_duration / f) for p in scene.people]
+        scene.balls = [replace(b, x_waves=faster(b.x_waves), y_waves=faster(b.y_waves),
+                               bounce_omega=b.bounce_omega * f) for b in scene.balls]
+    else:
+        raise AssertionError(domain)
+
+
+def _make_person(motion_rng: np.random.Generator, track_id: int, transits: bool, costume_ids: np.ndarray,
+                 skin_ids: np.ndarray, config: SynthConfig, floor_top: float, floor_bottom: float) -> Person:
+    """One dancer: costume, build, path and pose parameters, all drawn from `motion_rng` in a fixed order."""
+    W, H, T = config.width, config.height, config.frames
+    scale = H / _REFERENCE_HEIGHT
+    top, bottom = _COSTUMES[int(costume_ids[motion_rng.integers(len(costume_ids))])]
+    y_amplitudes = motion_rng.uniform(0.02, 0.07, size=2) * H
+    y_margin = float(y_amplitudes.sum())
+    anchor_y = motion_rng.uniform(floor_top + y_margin, floor_bottom - y_margin)
+    # Slow wide sway + faster smaller wiggles: smooth, non-linear, with frequent direction changes.
+    x_amplitudes = np.array([motion_rng.uniform(0.08, 0.22), motion_rng.uniform(0.03, 0.08),
+                             motion_rng.uniform(0.0, 0.03)]) * W
+    x_periods = np.array([motion_rng.uniform(60, 160), motion_rng.uniform(25, 60), motion_rng.uniform(10, 25)])
+    y_periods = np.array([motion_rng.uniform(40, 140), motion_rng.uniform(15, 40)])
+    x_waves = np.stack([x_amplitudes, 2 * np.pi / x_periods, motion_rng.uniform(0, 2 * np.pi, 3)], axis=1)
+    y_waves = np.stack([y_amplitudes, 2 * np.pi / y_periods, motion_rng.uniform(0, 2 * np.pi, 2)], axis=1)
+    base_height = motion_rng.uniform(38.0, 50.0) * scale
+    transit = 0
+    if transits:
+        transit = 1 if motion_rng.random() < 0.5 else -1
+    side = 1 if motion_rng.random() < 0.5 else -1
+    anchor_x = motion_rng.uniform(0.12, 0.88) * W
+    # Far enough that the whole body (and its sway) is outside the frame at the end of the walk.
+    distance = (W - anchor_x if side > 0 else anchor_x) + float(x_amplitudes.sum()) + 0.5 * base_height * 1.2
+    duration = motion_rng.uniform(0.25, 0.4) * (T - 1)
+    start = motion_rng.uniform(0.05, 0.55) * (T - 1 - duration) + (0.0 if transit > 0 else 0.3 * (T - 1))
+    start = min(start, T - 1 - duration)
+    arm_base = (motion_rng.uniform(0.2, 2.2), motion_rng.uniform(0.2, 2.2))
+    return Person(
+        track_id=track_id,
+        top=_jittered(top, motion_rng, 12), bottom=_jittered(bottom, motion_rng, 10),
+        skin=_jittered(_SKIN_TONES[int(skin_ids[motion_rng.integers(2)])], motion_rng, 10),
+        hair=_HAIR_COLOURS[int(motion_rng.integers(len(_HAIR_COLOURS)))],
+        base_height=base_height, build=motion_rng.uniform(0.9, 1.15),
+        anchor=(anchor_x, anchor_y), x_waves=x_waves, y_waves=y_waves,
+        transit=transit, transit_side=side, transit_t0=start, transit_duration=duration,
+        transit_distance=distance,
+        arm_base=arm_base, arm_swing=motion_rng.uniform(0.3, 1.0), arm_omega=2 * np.pi / motion_rng.uniform(8, 24),
+        arm_phase=motion_rng.uniform(0, 2 * np.pi), arms_mirrored=bool(motion_rng.random() < 0.5),
+        elbow_bend=motion_rng.uniform(0.0, 1.2), leg_spread=motion_rng.uniform(0.05, 0.3),
+        leg_swing=motion_rng.uniform(0.1, 0.4), step_omega=2 * np.pi / motion_rng.uniform(8, 20),
+        step_phase=motion_rng.uniform(0, 2 * np.pi), lean_amplitude=motion_rng.uniform(0.0, 0.2),
+        lean_omega=2 * np.pi / motion_rng.uniform(15, 50), lean_phase=motion_rng.uniform(0, 2 * np.pi),
+    )
 
 
 def _make_balls(config: SynthConfig, rng: np.random.Generator, floor_top: float, floor_bottom: float) -> list[Ball]:
@@ -747,7 +813,7 @@ class _DomainRenderer:
 
     def shift(self, image: np.ndarray, t: int) -> np.ndarray:
         s, scale = self.strength, self.scene.scale
-        if self.domain in (SOURCE_DOMAIN, "texture") or s == 0:
+        if self.domain in (SOURCE_DOMAIN, "texture") + SCENE_DOMAINS or s == 0:
             return image
         if self.domain == "night":
             cast = np.array([1.0, 1.0 - 0.15 * s, 1.0 - 0.3 * s], np.float32)    # BGR: blue-ish moonlight
@@ -783,7 +849,8 @@ def _line_kernel(length: float, angle: float) -> np.ndarray:
 
 
 def render_frame(scene: Scene, t: int, domain: str = SOURCE_DOMAIN, strength: float | None = None) -> np.ndarray:
-    """One frame (0-based `t`) of a scene in a domain, as uint8 BGR. For previews and tests."""
+    """One frame (0-based `t`) of a scene in a domain, as uint8 BGR. For previews and tests. For a SCENE_DOMAINS
+    domain, pass its scene (`make_scene(..., domain)`): the renderer only draws it."""
     if not 0 <= t < scene.config.frames:
         raise ValueError(f"frame must be in 0..{scene.config.frames - 1}, got {t}")
     renderer = _DomainRenderer(scene, domain, scene.config.shift_strength if strength is None else strength)
@@ -833,7 +900,7 @@ def generate_benchmark(out: str | Path, config: SynthConfig | None = None, progr
         with tqdm(total=total, desc="synth benchmark", unit="seq", disable=not progress) as bar:
             for split in SPLITS:
                 names = config.sequence_names(split)
-                split_scenes = []
+                split_scenes: dict[str, list] = {d: [] for d in config.domains}
                 for domain in config.domains:
                     split_dir = out / domain / split
                     split_dir.mkdir(parents=True, exist_ok=True)
@@ -843,11 +910,15 @@ def generate_benchmark(out: str | Path, config: SynthConfig | None = None, progr
                             shutil.rmtree(stale)
                     summary[domain][split] = {"sequences": names, "frames": 0, "boxes": 0}
                 for index, name in enumerate(names, start=1):
-                    scene = make_scene(config, split, index)
-                    rows = scene_ground_truth(scene)
-                    split_scenes.append((scene, rows))
-                    gt_text = format_ground_truth(rows, object_classes(scene))
-                    renderers = [_DomainRenderer(scene, d, config.shift_strength) for d in config.domains]
+                    # The pixel domains share one scene; each scene domain films its own shifted copy.
+                    scenes = {d: make_scene(config, split, index, d) for d in config.domains if d in SCENE_DOMAINS}
+                    if any(d not in SCENE_DOMAINS for d in config.domains):
+                        scenes[SOURCE_DOMAIN] = make_scene(config, split, index)
+                    rows = {key: scene_ground_truth(scene) for key, scene in scenes.items()}
+                    scene_of = {d: d if d in SCENE_DOMAINS else SOURCE_DOMAIN for d in config.domains}
+                    for domain, key in scene_of.items():
+                        split_scenes[domain].append((scenes[key], rows[key]))
+                    renderers = [_DomainRenderer(scenes[scene_of[d]], d, config.shift_strength) for d in config.domains]
                     seq_dirs = []
                     for domain in config.domains:
                         seq_dir = out / domain / split / name
@@ -858,24 +929,26 @@ def generate_benchmark(out: str | Path, config: SynthConfig | None = None, progr
                         seq_dirs.append(seq_dir)
                     # Frame-major: the people's poses are computed once and drawn into every domain.
                     for t in range(config.frames):
-                        people = _frame_layer(scene, t)
-                        for renderer, seq_dir in zip(renderers, seq_dirs):
-                            image = renderer.render(t, people)
+                        layers = {key: _frame_layer(scene, t) for key, scene in scenes.items()}
+                        for domain, renderer, seq_dir in zip(config.domains, renderers, seq_dirs):
+                            image = renderer.render(t, layers[scene_of[domain]])
                             ok, encoded = cv2.imencode(".jpg", image, jpeg_options)
                             if not ok:
                                 raise RuntimeError(f"JPEG encoding failed for {seq_dir} frame {t + 1}")
                             (seq_dir / "img1" / f"{t + 1:08d}.jpg").write_bytes(encoded.tobytes())
                     for domain, seq_dir in zip(config.domains, seq_dirs):
-                        atomic_write_text(seq_dir / "gt" / "gt.txt", gt_text)
+                        key = scene_of[domain]
+                        atomic_write_text(seq_dir / "gt" / "gt.txt",
+                                          format_ground_truth(rows[key], object_classes(scenes[key])))
                         atomic_write_text(seq_dir / "seqinfo.ini", _seqinfo(name, config))
                         summary[domain][split]["frames"] += config.frames
-                        summary[domain][split]["boxes"] += len(rows)
+                        summary[domain][split]["boxes"] += len(rows[key])
                         bar.update(1)
                 for domain in config.domains:
                     atomic_write_text(out / domain / f"{split}_seqmap.txt", "name\n" + "".join(f"{n}\n" for n in names))
                     if config.balls:
                         atomic_write_json(out / domain / "annotations" / f"{split}_cocofmt.json",
-                                          coco_video(config, split_scenes))
+                                          coco_video(config, split_scenes[domain]))
     finally:
         cv2.setNumThreads(threads)
 
@@ -895,6 +968,16 @@ def read_benchmark(out: str | Path) -> dict[str, Any] | None:
     if not isinstance(manifest, dict) or manifest.get("format") != BENCHMARK_FORMAT:
         return None
     return manifest
+
+
+def source_split_key(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the source domain's train split depends on, from a manifest (or an earlier key): a source model
+    trained on it stays valid when only the target domains, their shift strength or the val split change."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        return None
+    unused = ("domains", "shift_strength", "val_sequences")
+    return {"version": manifest.get("version"),
+            "config": {k: v for k, v in manifest["config"].items() if k not in unused}}
 
 
 def benchmark_matches(out: str | Path, config: SynthConfig) -> bool:
