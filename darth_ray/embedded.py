@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from darth_ray.data.synth import SynthConfig, benchmark_matches, generate_benchmark, read_benchmark
+from darth_ray.data.synth import (SynthConfig, benchmark_matches, generate_benchmark, read_benchmark,
+                                  source_split_key)
 from darth_ray.io import atomic_torch_save, atomic_write_json
 from darth_ray.source_training import SourceTrainConfig, train_source
 
@@ -47,18 +48,18 @@ def ensure_benchmark(runs: Path, config: SynthConfig = BENCHMARK) -> Path:
 
 def ensure_source_model(runs: Path, bench: Path, config: SourceTrainConfig = SOURCE_TRAINING) -> Path:
     """runs/source/final.pt, trained on the benchmark's clean source domain unless present (an interrupted
-    training resumes from runs/source/last.pt). A model trained with other settings or on another benchmark
-    (recorded in runs/source/benchmark.json) moves to runs/source.stale and a new one is trained."""
+    training resumes from runs/source/last.pt). A model trained with other settings or on other source frames
+    (recorded in runs/source/benchmark.json: the benchmark's `source_split_key`) moves to runs/source.stale and a
+    new one is trained. Without one, the packaged model is used when it was trained exactly so."""
     out = Path(runs) / "source"
     final, trained_on = out / "final.pt", out / "benchmark.json"
-    manifest = read_benchmark(bench)
-    benchmark = None if manifest is None else {k: manifest.get(k) for k in ("version", "config")}
+    benchmark = source_split_key(read_benchmark(bench))
     for ckpt in (final, out / "last.pt"):
         if not ckpt.is_file():
             continue
         if _train_config(ckpt) != config:
             reason = f"with other settings than {config}"
-        elif _read_json(trained_on) != benchmark:
+        elif source_split_key(_read_json(trained_on)) != benchmark:
             reason = f"on another benchmark than {bench}"
         else:
             break
@@ -82,13 +83,12 @@ def ensure_source_model(runs: Path, bench: Path, config: SourceTrainConfig = SOU
 def package_source_model(final: Path, bench: Path, out: Path = PACKAGED_SOURCE) -> Path:
     """`final` (train-source's, trained on `bench`) with fp16 weights and the benchmark it was trained on."""
     state = torch.load(final, map_location="cpu", weights_only=True)
-    manifest = read_benchmark(bench)
-    if manifest is None:
+    benchmark = source_split_key(read_benchmark(bench))
+    if benchmark is None:
         raise ValueError(f"{bench}: no benchmark manifest")
     state["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     keep = ("model_config", "model", "train_config", "classes", "step")
-    return atomic_torch_save({**{k: state[k] for k in keep},
-                              "benchmark": {k: manifest.get(k) for k in ("version", "config")}}, out)
+    return atomic_torch_save({**{k: state[k] for k in keep}, "benchmark": benchmark}, out)
 
 
 def unpack_source_model(packaged: Path, config: SourceTrainConfig, benchmark: dict | None, final: Path) -> bool:

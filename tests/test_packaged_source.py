@@ -35,6 +35,14 @@ def test_the_packaged_model_is_used_when_settings_match_and_retrained_when_they_
         expected = weight.half().float() if weight.is_floating_point() else weight
         assert unpacked["model"][name].dtype == weight.dtype and torch.equal(unpacked["model"][name], expected)
     assert json.loads((tmp_path / "runs" / "source" / "benchmark.json").read_text())["config"]["frames"] == 6
+    # Other target domains, shift strength or val split: the same source frames, the packaged model again.
+    bench = tmp_path / "other_targets"
+    shutil.copytree(tiny / "bench", bench)
+    manifest = json.loads((bench / "benchmark.json").read_text())
+    manifest["config"].update(domains=["source", "crowd"], shift_strength=0.9, val_sequences=5)
+    (bench / "benchmark.json").write_text(json.dumps(manifest))
+    embedded.ensure_source_model(tmp_path / "runs_targets", bench, config)
+    assert calls == []
 
     other = dataclasses.replace(config, photometric_prob=0.5)  # other training settings: trained anew
     embedded.ensure_source_model(tmp_path / "runs2", tiny / "bench", other)
@@ -50,8 +58,11 @@ def test_the_packaged_model_is_used_when_settings_match_and_retrained_when_they_
 
 @pytest.mark.skipif(not embedded.PACKAGED_SOURCE.is_file(), reason="no packaged source model")
 def test_the_shipped_model_is_the_one_the_embedded_default_would_train():
-    from darth_ray.data.synth import BENCHMARK_VERSION
+    from darth_ray.data.synth import BENCHMARK_VERSION, source_split_key
 
     state = torch.load(embedded.PACKAGED_SOURCE, map_location="cpu", weights_only=True, mmap=True)
     assert SourceTrainConfig(**state["train_config"]) == embedded.SOURCE_TRAINING
-    assert state["benchmark"] == {"version": BENCHMARK_VERSION, "config": embedded.BENCHMARK.to_dict()}
+    assert state["benchmark"] == source_split_key({"version": BENCHMARK_VERSION,
+                                                   "config": embedded.BENCHMARK.to_dict()})
+    assert all(w.dtype != torch.float32 for w in state["model"].values())   # fp16: small
+    assert embedded.PACKAGED_SOURCE.stat().st_size < 30e6
