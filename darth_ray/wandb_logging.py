@@ -16,6 +16,7 @@ Dashboard layout chosen here:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -85,10 +86,12 @@ class TrialLogger:
         row[STEP_METRIC] = step
         self._run.log(row)
 
-    def log_eval(self, step: int, metrics: Mapping[str, float], prefix: str = "eval") -> None:
-        """Evaluation results at training step ``step``, as ``<prefix>/<name>``; updates ``best/<name>``."""
+    def log_eval(self, step: int, metrics: Mapping[str, float], prefix: str = "eval") -> set[str]:
+        """Evaluation results at training step ``step``, as ``<prefix>/<name>``; updates ``best/<name>``. Returns
+        the names of the metrics this evaluation improved."""
+        improved: set[str] = set()
         if self._run is None:
-            return
+            return improved
         if prefix not in self._eval_prefixes:
             self._run.define_metric(f"{prefix}/*", step_metric=STEP_METRIC)
             self._eval_prefixes.add(prefix)
@@ -105,6 +108,30 @@ class TrialLogger:
             if _is_better(name, float(value), self._best[key]):
                 self._best[key] = float(value)
                 self._run.summary[key] = float(value)
+                improved.add(name)
+        return improved
+
+    def log_media(self, step: int, folder: Path, prefix: str = "best_eval") -> None:
+        """An evaluation's media (eval/visualize.py write_eval_media) at step ``step``: its first video as
+        ``<prefix>/video``, its per-sequence metrics as the table ``<prefix>/sequences`` (a row per sequence)."""
+        if self._run is None:
+            return
+        import wandb
+
+        from darth_ray.eval.visualize import SEQUENCE_METRICS
+
+        row: dict[str, Any] = {STEP_METRIC: step}
+        videos = sorted(Path(folder).glob("*.mp4")) + sorted(Path(folder).glob("*.gif"))
+        if videos:
+            row[f"{prefix}/video"] = wandb.Video(str(videos[0]), format=videos[0].suffix[1:])
+        table = Path(folder) / SEQUENCE_METRICS
+        if table.is_file():
+            sequences = json.loads(table.read_text())
+            columns = list(dict.fromkeys(c for metrics in sequences.values() for c in metrics))
+            row[f"{prefix}/sequences"] = wandb.Table(
+                columns=["sequence", *columns], data=[[name, *(m.get(c) for c in columns)] for name, m in sequences.items()])
+        if len(row) > 1:
+            self._run.log(row)
 
     def log_restart(self, step: int, source: str, config: Mapping[str, Any]) -> None:
         """The trial went on from `source`'s checkpoint at `step` with `config` (a PBT exploit clones a better

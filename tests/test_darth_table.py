@@ -26,26 +26,44 @@ def table(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(module, "ensure_source_model", lambda _runs, _bench: source)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- domain-gap:start -->\nold gap\n<!-- domain-gap:end -->\nmiddle\n"
+                      "<!-- methods-table:start -->\nold methods\n<!-- methods-table:end -->\n"
                       "<!-- darth-table:start -->\nold table\n<!-- darth-table:end -->\nend\n")
     monkeypatch.setattr(module, "ROOT", tmp_path)
     return module, runs, readme
 
 
-def test_table_rows_cache_and_readme(table, monkeypatch):
+def table_rows(text: str, marker: str) -> list[list[str]]:
+    section = text.split(f"<!-- {marker}:start -->")[1].split(f"<!-- {marker}:end -->")[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and "HOTA" not in line]
+
+
+def test_table_rows_seeds_cache_and_readme(table, monkeypatch):
     module, runs, readme = table
-    argv = ["--runs", str(runs), "--domains", "night", "--epochs", "1", "--threads", "1",
-            "--variants", "DARTH", "frozen teacher (no EMA)"]
+    argv = ["--runs", str(runs), "--domains", "night", "--methods", "source", "adabn", "tent",
+            "--protocols", "offline", "online", "--seeds", "0", "1", "--epochs", "1", "--threads", "1",
+            "--ablations", "night", "--variants", "frozen teacher (no EMA)"]
     assert module.main(argv) == 0
     text = readme.read_text()
-    assert "old gap" not in text and "old table" not in text
+    assert not any(old in text for old in ("old gap", "old methods", "old table"))
     assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n")
-    rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines()
-            if line.startswith("| ") and "HOTA" not in line]
-    assert rows == ["source (training domain)", "night",
-                    "**night**: source only", "night: target BN statistics only (no DARTH)",
-                    "night: DARTH", "night: frozen teacher (no EMA)"]
-    run_dirs = sorted(p.name.rsplit("-", 1)[0] for p in runs.glob("table/*/night/*") if p.is_dir())
-    assert run_dirs == ["DARTH", "frozen_teacher_no_EMA"]
+    gap = table_rows(text, "domain-gap")
+    assert [r[0] for r in gap] == ["source (training domain)", "night"] and (gap[1][-1] == "n/a" or gap[1][-1].endswith("%"))
+    methods = table_rows(text, "methods-table")
+    assert [r[0] for r in methods] == ["clean domain, source model (the ceiling)", "**night**: source only",
+                                       "night: AdaBN, offline", "night: AdaBN, online",
+                                       "night: Tent, offline", "night: Tent, online"]
+    # Methods that learn: mean ± sd over the two seeds; the others ran once.
+    assert all("±" in c for r in methods[4:] for c in r[1:]) and not any("±" in c for r in methods[:4] for c in r)
+    assert [r[0] for r in table_rows(text, "darth-table")] == ["**night**: DARTH", "night: frozen teacher (no EMA)"]
+
+    run_dirs = sorted(p.name.rsplit("-", 1)[0] for p in runs.glob("table/*/*/*") if p.is_dir())
+    assert run_dirs == ["adabn_offline", "adabn_online", "darth_offline", "frozen_teacher_no_EMA", "source_offline",
+                        "source_offline", "tent_offline", "tent_offline", "tent_online", "tent_online"]
+    seeds = sorted((json.loads((p / "summary.json").read_text())["darth_config"]["seed"],
+                    json.loads((p / "summary.json").read_text())["darth_config"]["protocol"])
+                   for p in runs.glob("table/*/night/tent_*"))
+    assert seeds == [(0, "offline"), (0, "online"), (1, "offline"), (1, "online")]
     frozen = next(runs.glob("table/*/night/frozen_teacher_no_EMA-*"))
     assert json.loads((frozen / "summary.json").read_text())["darth_config"]["ema_momentum"] == 0.0
 
@@ -58,8 +76,10 @@ def test_table_rows_cache_and_readme(table, monkeypatch):
     assert readme.read_text() == text
 
 
-def test_unknown_variant_is_refused(table, capsys):
+@pytest.mark.parametrize("option, value", [("--variants", "no such row"), ("--methods", "bn"),
+                                           ("--domains", "snow"), ("--protocols", "streaming")])
+def test_unknown_rows_are_refused(table, capsys, option, value):
     module, runs, _ = table
     with pytest.raises(SystemExit):
-        module.main(["--runs", str(runs), "--variants", "DARTH", "no such row"])
-    assert "invalid choice: 'no such row'" in capsys.readouterr().err
+        module.main(["--runs", str(runs), option, value])
+    assert f"invalid choice: '{value}'" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import math
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 
 from ray import tune
@@ -279,6 +280,18 @@ def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, loc
         last = next(r.metrics for r in grid if r.metrics["trial_id"] == trial_id)
         assert {k: evals[0][f"eval/{k}"] for k in LABEL_FREE_METRICS} == pytest.approx(
             {k: last[k] for k in LABEL_FREE_METRICS})  # beside HOTA
+        # The best evaluation's track video and per-sequence table, from the checkpoint it came with.
+        (media,) = [row for row in run.history if "best_eval/video.path" in row]   # the reader flattens media
+        assert media["train/step"] == evals[0]["train/step"] and media["best_eval/sequences._type"] == "table-file"
+        video = path / "files" / media["best_eval/video.path"]
+        assert video.suffix == ".mp4" and video.stat().st_size > 0
+        table = json.loads((path / "files" / media["best_eval/sequences.path"]).read_text())
+        assert [row[0] for row in table["data"]] == ["synth-val-01", "synth-val-02"] and "HOTA" in table["columns"]
+        checkpoint = Path(last["checkpoint_path"]) / "videos"   # the Train checkpoint of the evaluation
+        capture = cv2.VideoCapture(str(checkpoint / "synth-val-01.mp4"))
+        assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 6   # one video frame per tracked frame
+        sequences = json.loads((checkpoint / "sequences.json").read_text())
+        assert table["data"][0][table["columns"].index("HOTA")] == pytest.approx(sequences["synth-val-01"]["HOTA"])
 
     again = run_experiment(exp)  # resumes: finished trials are kept, none rerun
     assert sorted(r.metrics["trial_id"] for r in again) == sorted(trial_configs)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from darth_ray.adapt.config import DarthConfig
 from darth_ray.adapt.loop import CHECKPOINT_EVERY
 from darth_ray.eval.label_free import LABEL_FREE_METRICS
+from darth_ray.eval.visualize import write_eval_media
 from darth_ray.io import dataclass_from_dict
 
 log = logging.getLogger(__name__)
@@ -307,13 +309,16 @@ def train_func(config: dict) -> str | None:
             frames = (run.step - first_step) * darth_config.frames_per_batch * world
             losses["adapt_frames_per_s"] = frames / elapsed
         evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
+        media = None
         if evaluated:
-            _, scores, label_free = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank,
+            results, scores, label_free = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank,
                                                      world, run.reference_model)
             evaluation = {**(reported_metrics(scores[COMBINED]) if scores else dict.fromkeys(EVAL_METRICS, math.nan)),
                           **label_free}
             last_eval = {**evaluation, **{f"best_{m}": _best(last_eval[f"best_{m}"], evaluation[m])
                                           for m in RANKING_METRICS}}
+            media = functools.partial(write_eval_media, sequences=sequences, results=results, scores=scores,
+                                      columns=EVAL_METRICS)
         # The latest evaluation rides along with later step reports, so every report Tune sees after the
         # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
         # `evaluated` marks the report of a new evaluation (W&B's eval/* rows).
@@ -323,7 +328,7 @@ def train_func(config: dict) -> str | None:
             metrics["ranks_in_sync"] = ranks_in_sync(run.method.model_to_evaluate, world)
         save = run.step % loop.checkpoint_every == 0 or end_of_epoch
         if save or run.step % loop.report_every == 0 or evaluated:
-            _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps)
+            _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps, media=media)
 
 
 def not_evaluated() -> dict:
@@ -367,7 +372,7 @@ def stream_shard(loop: TrainLoopConfig, sequences: list, rank: int, world: int, 
     if error:
         ray.train.report({**report, ERROR_KEY: error})
         return error
-    _, scores = gather_and_score(sequences, run.results, world)
+    results, scores = gather_and_score(sequences, run.results, world)
     report["adapt_frames_per_s"] = sum(s.num_frames for s in sequences) / (time.perf_counter() - started)
     if scores:
         evaluation = reported_metrics(scores[COMBINED])
@@ -379,6 +384,8 @@ def stream_shard(loop: TrainLoopConfig, sequences: list, rank: int, world: int, 
         return None
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / PROGRESS_FILE).write_text(json.dumps({k: report[k] for k in not_evaluated()}))
+        if scores:
+            write_eval_media(Path(d), sequences, results, scores, EVAL_METRICS)
         if loop.darth.reset == "continual":
             run.save_student(Path(d) / "final.pt")
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -419,9 +426,9 @@ def _shared_error(error: str | None, world: int, device: str) -> str | None:
     return error
 
 
-def _report(run, metrics: dict, evaluation: dict, with_checkpoint: bool, final: bool) -> None:
-    """Every rank reports (a barrier); rank 0 attaches the checkpoint (DARTH state + `evaluation`), and at the
-    end the adapted student."""
+def _report(run, metrics: dict, evaluation: dict, with_checkpoint: bool, final: bool, media=None) -> None:
+    """Every rank reports (a barrier); rank 0 attaches the checkpoint (DARTH state + `evaluation`, `media(folder)`'s
+    files of a new evaluation: eval/visualize.py write_eval_media), and at the end the adapted student."""
     import ray.train
     from ray.train import Checkpoint
 
@@ -431,6 +438,8 @@ def _report(run, metrics: dict, evaluation: dict, with_checkpoint: bool, final: 
     with tempfile.TemporaryDirectory() as d:
         run.save(Path(d) / STATE_FILE)
         (Path(d) / PROGRESS_FILE).write_text(json.dumps(evaluation))
+        if media is not None:
+            media(Path(d))
         if final:
             run.save_student(Path(d) / "final.pt")
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))

@@ -22,6 +22,7 @@ from ray.train.v2.api.callback import UserCallback
 from darth_ray.distributed.progress import ConsoleProgress
 from darth_ray.distributed.train import (ERROR_KEY, EVALUATED_KEY, RANKING_METRICS, REPORTED_METRICS,
                                          NonFiniteLossError, TrainLoopConfig, check_online_workers, train_func)
+from darth_ray.eval.visualize import MEDIA_DIR as VIDEO_DIR
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
 log = logging.getLogger(__name__)
@@ -286,10 +287,10 @@ class WandbCallback(tune.Callback):
     repeats after its restart are logged again at their `train/step`. A trial PBT restarts keeps its run, which
     records where it went on from (`TrialLogger.log_restart`)."""
 
-    def __init__(self, settings: dict, experiment: str, storage_path: str, workers: int):
+    def __init__(self, settings: dict, experiment: str, storage_path: str, workers: int, metric: str = "HOTA"):
         self.settings = {**{k: v for k, v in settings.items() if v is not None}, "group": experiment,
                          "dir": str(Path(storage_path) / experiment)}  # runs: <storage>/<experiment>/wandb/
-        self.experiment, self.workers = experiment, workers
+        self.experiment, self.workers, self.metric = experiment, workers, metric
         self.loggers = {}
         self.started_from = {}  # trial id: the checkpoint its current Train run started from
 
@@ -316,7 +317,12 @@ class WandbCallback(tune.Callback):
             logger.log_step(result["step"], losses, result["lr"])
         if result.get(EVALUATED_KEY):
             # HOTA and the label-free scores side by side (eval/*); a result from before label-free has none
-            logger.log_eval(result["step"], {k: result[k] for k in REPORTED_METRICS if k in result})
+            improved = logger.log_eval(result["step"], {k: result[k] for k in REPORTED_METRICS if k in result})
+            # The best evaluation (by the experiment's metric) so far: its track video and per-sequence table,
+            # from the checkpoint it came with (write_eval_media); a checkpoint the driver cannot read is skipped.
+            media = Path(result.get("checkpoint_path") or "/nonexistent") / VIDEO_DIR
+            if self.metric in improved and media.is_dir():
+                logger.log_media(result["step"], media)
 
     def _finish(self, trial, exit_code: int) -> None:
         logger = self.loggers.pop(trial.trial_id, None)
@@ -444,7 +450,7 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
     callbacks = [ConsoleProgress(exp.metric, [".".join(path) for path, _ in search_leaves(exp.search_space)],
                                  exp.num_samples * exp.repeats, exp.loop.darth.epochs)]
     if exp.wandb is not None:
-        callbacks.append(WandbCallback(exp.wandb, exp.name, exp.storage_path, exp.workers_per_trial))
+        callbacks.append(WandbCallback(exp.wandb, exp.name, exp.storage_path, exp.workers_per_trial, exp.metric))
     search_alg = search_algorithm(exp)
     tuner = tune.Tuner(
         trainable,

@@ -28,10 +28,11 @@ import numpy as np
 
 from darth_ray.eval.label_free import LABEL_FREE_METRICS
 from darth_ray.eval.plots import new_figure, read_jsonl, save_figure, sequence_rows
+from darth_ray.eval.visualize import MEDIA_DIR as VIDEO_DIR  # write_eval_media writes a trial's videos there
 from darth_ray.io import InputError, atomic_write_json, atomic_write_text
 
 TABLE_METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
-VIDEO_DIR, VIDEO_SUFFIXES = "videos", (".mp4", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".gif")
 REPORT, SUMMARY, CORRELATIONS = "report.html", "summary.png", "label_free.json"
 ORACLE_METRICS = ("HOTA", "mHOTA")  # rankings that need the target's labels
 

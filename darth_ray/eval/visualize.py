@@ -19,6 +19,7 @@ from darth_ray.data.results import results_to_tracks
 from darth_ray.io import InputError, atomic_write_file
 
 FORMATS = ("mp4", "gif")
+MEDIA_DIR, SEQUENCE_METRICS = "videos", "sequences.json"  # an evaluation's media in a checkpoint (write_eval_media)
 GT_COLOUR, IGNORE_COLOUR, TEXT_COLOUR = (255, 255, 255), (128, 128, 128), (255, 255, 255)
 PANEL_GAP = 4  # pixels of black between side-by-side panels (even: mp4v wants even frame sizes)
 _GOLDEN = 0.6180339887498949
@@ -91,6 +92,22 @@ def write_videos(sequences: list[Sequence], result_sets: dict[str, dict[str, Tra
             panels = {title: results[seq.name] for title, results in result_sets.items()}
             paths.append(sequence_video(seq, panels, Path(out_dir) / f"{seq.name}.{config.format}", config, bar))
     return paths
+
+
+def write_eval_media(out: Path, sequences: list[Sequence], results: dict[str, dict], scores: dict[str, dict],
+                     columns: tuple[str, ...], max_size: int = 640) -> Path:
+    """An evaluation's media in `out/videos/` (report.html links them, W&B logs the best evaluation's): the first
+    sequence's tracks as a video (one sequence: drawing every one would cost more than tracking it), and every
+    scored sequence's `columns` in sequences.json. `results`: the tracker's arrays per sequence."""
+    from darth_ray.eval.metrics import COMBINED
+    from darth_ray.io import atomic_write_json
+
+    videos = Path(out) / MEDIA_DIR
+    first = sequences[0]
+    sequence_video(first, {"tracks": results[first.name]}, videos / f"{first.name}.mp4", VideoConfig(max_size=max_size))
+    atomic_write_json(videos / SEQUENCE_METRICS, {name: {c: row[c] for c in columns if c in row}
+                                                  for name, row in scores.items() if name != COMBINED})
+    return videos
 
 
 def panel_titles(paths: list[Path]) -> list[str]:
