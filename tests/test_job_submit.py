@@ -38,7 +38,8 @@ def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, 
     # report or py-motmetrics' timings.
     output = result.stdout + result.stderr
     assert "epoch 1/1: HOTA" in output and "[1/1 trials done" in output
-    for noise in ("started with configuration", "Reporting training result", "partials:"):
+    for noise in ("started with configuration", "Reporting training result", "partials:",
+                  "may be a performance bottleneck"):  # a trial's wandb.init in the driver, ~4 s
         assert noise not in output, noise
     assert list((runs / "tune" / "job" / "wandb").glob("offline-run-*"))  # one W&B run for the trial
     report = (runs / "tune" / "job" / "report.html").read_text()  # the offline report, linking the trial
