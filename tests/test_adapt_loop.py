@@ -201,7 +201,11 @@ def test_embedded_source_model_retrained_when_its_settings_change(tiny, tmp_path
     assert embedded.ensure_source_model(runs, tiny / "bench", new).stat().st_mtime_ns == mtime  # still cached
     retrained = embedded.ensure_source_model(runs, other, new)
     assert retrained.stat().st_mtime_ns != mtime
-    assert json.loads((runs / "source" / "benchmark.json").read_text())["config"] == manifest["config"]
+    # What it was trained on: the benchmark's source frames (synth.source_split_key), not its target domains.
+    from darth_ray.data.synth import source_split_key
+
+    assert json.loads((runs / "source" / "benchmark.json").read_text()) == source_split_key(manifest)
+    assert "domains" not in json.loads((runs / "source" / "benchmark.json").read_text())["config"]
     assert json.loads((runs / "source.stale" / "benchmark.json").read_text())["config"]["train_sequences"] == 1
 
 

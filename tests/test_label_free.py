@@ -125,7 +125,7 @@ def test_wandb_logs_label_free_scores_beside_hota():
 
     logged = []
     callback = WandbCallback({}, "exp", "/nowhere", workers=1)
-    callback._logger = lambda trial: SimpleNamespace(log_eval=lambda step, metrics: logged.append(metrics))
+    callback._logger = lambda trial: SimpleNamespace(log_eval=lambda step, metrics: logged.append(metrics) or set())
     scores = {"HOTA": math.nan, "lf_agreement": 0.8, "lf_stability": 0.7, "lf_confidence": 0.6,
               "lf_long_tracks": 0.5}  # a target without ground truth: HOTA NaN, the scores still logged
     callback.on_trial_result(0, [], SimpleNamespace(trial_id="t"), {"step": 4, "evaluated": True, **scores})

@@ -173,7 +173,7 @@ def test_wandb_logs_the_evaluations_of_a_method_without_losses():
 
     logged = []
     logger = SimpleNamespace(log_step=lambda *a: logged.append(("step", *a)),
-                             log_eval=lambda step, metrics: logged.append(("eval", step, metrics)))
+                             log_eval=lambda step, metrics: logged.append(("eval", step, metrics)) or set())
     callback = WandbCallback({}, "exp", "/nowhere", workers=1)
     callback._logger = lambda trial: logger
     metrics = {name: 50.0 + i for i, name in enumerate(EVAL_METRICS)}
