@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ".py): its views, losses, EMA, conf_thr, optimiser, schedule and tracker; the options below "
                         "override it; its model must be --source's (see `darth-ray config show`)")
     _add_device_option(p)
-    p.add_argument("--checkpoint-every", type=_positive_int, default=50, help="steps between checkpoints (50)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=50,
+                   help="steps between checkpoints of OUT/last.pt (50; also at every epoch's end)")
     p.add_argument("--compare-source", action="store_true",
                    help="also track with the source model and write OUT/source_metrics.json")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
@@ -498,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # configuration values checked by the config objects
         print(f"darth-ray {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a loss became NaN or infinite (adapt, train-source): the message names the step
+        print(f"darth-ray {args.command}: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -129,6 +129,21 @@ def test_cli_train_source_adapt_track(tiny, tmp_path, capsys):
     assert "--target-bn-stats: expected true or false, got 'maybe'" in capsys.readouterr().err
 
 
+def test_adapt_stops_at_a_non_finite_loss_with_the_state_before_it(tiny, tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert main(["adapt", "--source", str(tiny / "source.pt"), "--target", str(tiny / "bench" / "night"),
+                 "--split", "val", "--out", str(out), "--epochs", "1", "--lr-steps", "1", "--conf-thr", "0.05",
+                 "--lr", "1e6", "--checkpoint-every", "1", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("darth-ray adapt: error: non-finite DARTH loss at step 2: ") and "Traceback" not in err
+    assert err.rstrip().endswith(f"; the state before it: {out / 'last.pt'}")
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["step"] == 1 and all(torch.isfinite(t).all() for t in state["student"].values())
+    log = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2] and "non-finite" in log[1]["error"]
+    assert not (out / "final.pt").exists() and not (out / "metrics.json").exists()
+
+
 def test_source_training_photometric_distortion_shared_by_key_and_reference(tiny, monkeypatch):
     from darth_ray import source_training
 

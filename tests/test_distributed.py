@@ -252,6 +252,22 @@ def test_pb2_searches_the_numeric_ranges_and_refuses_a_categorical_before_ray(ti
                          search_space={"darth": {"method": tune.choice(["kd", "darth"])}})
 
 
+def test_random_search_draws_the_same_configurations_under_every_scheduler(tiny, tmp_path):
+    from darth_ray.distributed.tune import search_algorithm, trial_param_space
+
+    tune.register_trainable("draws", lambda config: None)
+
+    def draws(scheduler: str, seed: int) -> list[float]:
+        exp = ExperimentConfig(name="d", storage_path=str(tmp_path), loop=loop_config(tiny), num_samples=3,
+                               scheduler=scheduler, seed=seed, search_space={"darth": {"lr": tune.loguniform(1e-4, 1e-2)}})
+        generator = search_algorithm(exp)
+        generator.add_configurations({"d": {"run": "draws", "config": trial_param_space(exp), "num_samples": 3}})
+        return [generator.next_trial().config["darth"]["lr"] for _ in range(3)]
+
+    same = draws("fifo", 0)
+    assert len(set(same)) == 3 and draws("asha", 0) == draws("pbt", 0) == same != draws("fifo", 1)
+
+
 def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, local_ray, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), loop=loop_config(tiny), num_samples=2,
@@ -408,6 +424,24 @@ def test_a_diverging_trial_errors_with_its_last_good_checkpoint_and_the_others_f
     assert f"errored trials of nan:\n- {Path(bad.path).name}: non-finite DARTH loss at step 2" in out
     best = json.loads((tmp_path / "nan" / "best.json").read_text())
     assert [row["error"] is None for row in best] == [True, False]
+
+    # One loop: `darth-ray adapt` (one process) adapts exactly as the Ray Train worker did (1 worker, 1 thread)
+    from darth_ray.adapt.loop import adapt
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = adapt(tiny / "source.pt", tiny / "bench" / "night", tmp_path / "adapt",
+                        DarthConfig(epochs=1, lr_steps=(1,), conf_thr=0.05, lr=1e-4), split="val",
+                        checkpoint_every=2, tracker_params=LOW, show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    adapted, _ = load_checkpoint(tmp_path / "adapt" / "final.pt")
+    worker, _ = load_checkpoint(Path(good.metrics["checkpoint_path"]) / "final.pt")
+    for (name, a), b in zip(adapted.state_dict().items(), worker.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert summary["steps"] == good.metrics["step"]
+    assert summary["metrics"][COMBINED]["HOTA"] == pytest.approx(good.metrics["HOTA"], abs=1e-6)
 
 
 @pytest.mark.parametrize("scheduler", ["pbt", "pb2"])

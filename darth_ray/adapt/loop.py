@@ -1,7 +1,8 @@
 """The offline protocol's adaptation loop around a method's `step` (DarthConfig.method, adapt/methods.py): which
 frames each step sees, learning-rate schedule, checkpoints, resume, and the final evaluation of the adapted student.
-Single process here (`darth-ray adapt`); the Ray Train worker drives the same `AdaptationRun` on its shard of the
-frames. The online protocol is adapt/online.py; `adapt` runs either.
+`adaptation_loop` is the one outer loop: `darth-ray adapt` runs it in one process with a reporter that writes files
+(`FileReporter`), the Ray Train worker on its shard of the frames with one that reports to Ray
+(distributed/train.py). The online protocol is adapt/online.py; `adapt` runs either.
 
 Batches are a pure function of (seed, epoch, step): the frame order of an epoch is a permutation seeded by
 (seed, epoch) and the view randomness of a step a generator seeded by (seed, rank, step). A run resumed from a
@@ -36,6 +37,7 @@ from darth_ray.models.qdtrack import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 50  # steps between checkpoints of an adaptation (`adapt`, the Ray Train worker)
+ERROR_KEY = "error"  # in the report of a run stopped by a non-finite loss: what happened
 
 # What `adapt` writes in its output directory (its darth_run.json lists them).
 ADAPT_OUTPUTS = (RESUME_FILE, "final.pt", "adapt_log.jsonl", "results", "metrics.json", "source_metrics.json",
@@ -62,6 +64,10 @@ def take_step(method, scheduler, frames: torch.Tensor | None, generator: torch.G
     return {**losses, "step_time": time.perf_counter() - t0}
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the run's latest checkpoint is the last one before it."""
+
+
 class AdaptationRun:
     """config.method over a fixed list of (sequence, frame) for `config.epochs` epochs of `steps_per_epoch` steps
     (the offline protocol)."""
@@ -76,7 +82,7 @@ class AdaptationRun:
         if config.protocol != "offline":
             raise ValueError(f"AdaptationRun runs the offline protocol, not {config.protocol!r} (adapt/online.py)")
         source_model, _ = load_checkpoint(source, map_location=device)
-        self.source_path, self.config, self.rank, self.device = Path(source), config, rank, device
+        self.source_path, self.config, self.rank, self.workers, self.device = Path(source), config, rank, workers, device
         self.method = METHODS[config.method].from_source(source_model.to(device), config, workers=workers)
         self.source_model = source_model  # the methods copy it: it stays the source
         self.stats_sync = stats_sync  # averages tensors across workers (target BN statistics)
@@ -174,6 +180,69 @@ class AdaptationRun:
             "darth_config": self.config.to_dict(), "step": self.step, "source": str(self.source_path)})
 
 
+def adaptation_loop(run: AdaptationRun, reporter, checkpoint_every: int = CHECKPOINT_EVERY, report_every: int = 1,
+                    evaluate: Callable[[], dict] | None = None, eval_every_epoch: bool = False, final_eval: bool = True,
+                    share_error: Callable[[str | None], str | None] | None = None,
+                    show_progress: bool = False) -> str | None:
+    """Steps `run` to its end; after a step, `reporter.report(run, record, save, evaluation)` when it saves (every
+    `checkpoint_every` steps and at every epoch's end), evaluates (`evaluate()` at an epoch's end: every epoch with
+    `eval_every_epoch`, the last with `final_eval`) or every `report_every` steps. `record`: the step's losses, lr
+    and time, at the end also the adaptation throughput of all workers (start-up excluded).
+
+    A non-finite loss ends the run: `reporter.report(run, {"error": ...}, False, None)`, returned (its checkpoints
+    stay those before the step; restarting from them would diverge the same way). With several workers,
+    `share_error` gives every rank every rank's error so that they stop together."""
+    first_step, started = run.step, time.perf_counter()
+    with tqdm(total=run.total_steps, initial=run.step, unit="step", desc=run.method.title,
+              disable=not show_progress) as bar:
+        while run.step < run.total_steps:
+            try:
+                record, error = run.run_step(), None
+            except FloatingPointError as e:
+                record, error = None, str(e)
+            if share_error is not None:
+                error = share_error(error)
+            if error:
+                reporter.report(run, {ERROR_KEY: error}, False, None)
+                return error
+            bar.update(1)
+            if "loss_total" in record:
+                bar.set_postfix(loss=f"{record['loss_total']:.3f}")
+            end_of_epoch = run.step % run.steps_per_epoch == 0
+            done = run.step == run.total_steps
+            if done:
+                frames = (run.step - first_step) * run.config.frames_per_batch * run.workers
+                record["adapt_frames_per_s"] = frames / (time.perf_counter() - started)
+            evaluated = evaluate is not None and end_of_epoch and (final_eval if done else eval_every_epoch)
+            evaluation = evaluate() if evaluated else None
+            save = run.step % checkpoint_every == 0 or end_of_epoch
+            if save or evaluated or run.step % report_every == 0:
+                reporter.report(run, record, save, evaluation)
+    return None
+
+
+class FileReporter:
+    """`adapt`'s reporter: every record a line of OUT/adapt_log.jsonl (labelled with its step and the step's own
+    epoch), the full state to OUT/last.pt when the loop saves, the last evaluation kept."""
+
+    def __init__(self, out_dir: Path):
+        self.log_file, self.last = out_dir / "adapt_log.jsonl", out_dir / RESUME_FILE
+        self.evaluation, self.saved_step = None, None
+
+    def save(self, run: AdaptationRun) -> None:
+        if run.step != self.saved_step:
+            run.save(self.last)
+            self.saved_step = run.step
+
+    def report(self, run: AdaptationRun, record: dict, save: bool, evaluation: dict | None) -> None:
+        with open(self.log_file, "a") as f:
+            f.write(json.dumps({"step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch, **record}) + "\n")
+        if save:
+            self.save(run)
+        if evaluation is not None:
+            self.evaluation = evaluation
+
+
 def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = DarthConfig(), split: str | None = None,
           checkpoint_every: int = CHECKPOINT_EVERY, tracker_params: dict | None = None, resume: bool = True,
           evaluate_source: bool = False, show_progress: bool = True, device: str = "cpu",
@@ -187,6 +256,7 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     OUT/metrics.json (`evaluate --json` format, its COMBINED row with the label-free scores lf_*: eval/label_free.py),
     OUT/adapt_log.jsonl (per-step losses), OUT/plots/ (losses.png, metrics.png) and OUT/darth_run.json (what the
     run depends on: source checkpoint by path and sha256, target, split, config; a resume must match it).
+    A non-finite loss raises NonFiniteLossError naming the step and OUT/last.pt, the state before it.
     """
     out_dir = Path(out_dir)
     sequences, _ = load_dataset(target, split=split, images=images, classes=classes, class_map=class_map,
@@ -198,34 +268,30 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
                             evaluate_source, show_progress, device, images, classes, class_map)
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     run = AdaptationRun(source, sequences, frames, config, device=device)
-    last = out_dir / RESUME_FILE
+    reporter = FileReporter(out_dir)
     if claim_adapt_dir(source, target, out_dir, config, split, resume, images, classes, class_map):
-        run.load_state_dict(read_torch_file(last, device))
-        log.info("resuming %s from %s at step %d/%d", run.method.title, last, run.step, run.total_steps)
+        run.load_state_dict(read_torch_file(reporter.last, device))
+        log.info("resuming %s from %s at step %d/%d", run.method.title, reporter.last, run.step, run.total_steps)
     elif run.method.target_bn_stats:
         run.use_target_bn_statistics()
-    log_file = out_dir / "adapt_log.jsonl"
-    with tqdm(total=run.total_steps, initial=run.step, unit="step", desc=run.method.title,
-              disable=not show_progress) as bar:
-        while run.step < run.total_steps:
-            epoch = run.epoch  # of this step; run_step moves run.step (and so run.epoch) on to the next one
-            record = run.run_step()
-            bar.update(1)
-            if "loss_total" in record:
-                bar.set_postfix(loss=f"{record['loss_total']:.3f}")
-            with open(log_file, "a") as f:
-                f.write(json.dumps({"step": run.step, "epoch": epoch, **record}) + "\n")
-            if run.step % checkpoint_every == 0 and run.step < run.total_steps:
-                run.save(last)
-    run.save(last)
-    final = run.save_student(out_dir / "final.pt")
-    results = label_free = None
-    if all(s.has_gt for s in sequences):
+
+    def track_student() -> dict:  # the final evaluation: tracks in OUT/results, the label-free scores
+        reporter.save(run)  # the last step's state first: a crash while tracking repeats no step
         student = run.method.model_to_evaluate.eval()
         results = track_sequences(student, sequences, out_dir / "results", tracker_params, show_progress=show_progress)
-        label_free = score_without_labels(student, run.reference_model, sequences, results)
-    return finish_adapt(out_dir, {"final_checkpoint": str(final), "steps": run.step}, sequences, results, config,
-                        source, tracker_params, evaluate_source, show_progress, device, label_free)
+        return {"results": results, "label_free": score_without_labels(student, run.reference_model, sequences,
+                                                                       results)}
+
+    evaluate = track_student if all(s.has_gt for s in sequences) else None
+    finished_before = run.step == run.total_steps  # a resume after the last step: only the evaluation is left
+    error = adaptation_loop(run, reporter, checkpoint_every, evaluate=evaluate, show_progress=show_progress)
+    if error:
+        raise NonFiniteLossError(f"{error}; the state before it: {reporter.last}")
+    final = run.save_student(out_dir / "final.pt")
+    evaluation = reporter.evaluation or (evaluate() if evaluate and finished_before else {})
+    return finish_adapt(out_dir, {"final_checkpoint": str(final), "steps": run.step}, sequences,
+                        evaluation.get("results"), config, source, tracker_params, evaluate_source, show_progress,
+                        device, evaluation.get("label_free"))
 
 
 def claim_adapt_dir(source: Path, target: Path, out_dir: Path, config: DarthConfig, split: str | None, resume: bool,

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from darth_ray.adapt.config import DarthConfig
-from darth_ray.adapt.loop import CHECKPOINT_EVERY
+from darth_ray.adapt.loop import CHECKPOINT_EVERY, ERROR_KEY, NonFiniteLossError, adaptation_loop
 from darth_ray.eval.label_free import LABEL_FREE_METRICS
 from darth_ray.eval.visualize import write_eval_media
 from darth_ray.io import dataclass_from_dict
@@ -45,12 +45,7 @@ REPORTED_METRICS = EVAL_METRICS + LABEL_FREE_METRICS
 RANKING_METRICS = ("HOTA", "mHOTA") + LABEL_FREE_METRICS
 STATE_FILE = "darth_state.pt"
 PROGRESS_FILE = "progress.json"  # evaluation results so far (best HOTA survives a restart)
-ERROR_KEY = "error"  # in the last report of a run stopped by a non-finite loss: what happened
 EVALUATED_KEY = "evaluated"  # true in the report of a new evaluation
-
-
-class NonFiniteLossError(RuntimeError):
-    """A DARTH loss became NaN or infinite; the run's latest checkpoint is the last one before it."""
 
 
 @dataclass(frozen=True)
@@ -273,9 +268,7 @@ def train_func(config: dict) -> str | None:
                         rank=rank, workers=world, device=device, stats_sync=average_tensors if world > 1 else None)
     if world > 1:
         OverlappedAllReduce(run.method.params)  # its hooks average every backward's gradients
-    # Every report carries every metric, NaN until the first evaluation: Tune's searchers (Optuna) read HOTA
-    # from every result, and ASHA's milestones fall on evaluated epochs.
-    last_eval = not_evaluated()
+    last_eval = not_evaluated()  # the evaluations so far: none, or a checkpoint's
     checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(loop.start_from) if loop.start_from else None)
     resumed_from = 0
     if checkpoint is not None:
@@ -293,42 +286,44 @@ def train_func(config: dict) -> str | None:
                           EVALUATED_KEY: False, "start_from": loop.start_from},
                          checkpoint=checkpoint if rank == 0 else None)
         return None
-    first_step, started = run.step, time.perf_counter()
-    while run.step < run.total_steps:
-        losses, error = _step_on_every_rank(run, world)
-        if error:
-            # Deterministic: restarting from the last checkpoint (FailureConfig) would diverge the same way. The
-            # run ends with the error in its last report; the checkpoints stay those before the step.
-            ray.train.report({"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from,
-                              ERROR_KEY: error, **last_eval})
-            return error
-        end_of_epoch = run.step % run.steps_per_epoch == 0
-        done = run.step == run.total_steps
-        if done:  # adaptation throughput of the whole worker group, start-up excluded
-            elapsed = time.perf_counter() - started
-            frames = (run.step - first_step) * darth_config.frames_per_batch * world
-            losses["adapt_frames_per_s"] = frames / elapsed
-        evaluated = end_of_epoch and (loop.final_eval if done else loop.eval_every_epoch)
-        media = None
-        if evaluated:
-            results, scores, label_free = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank,
-                                                     world, run.reference_model)
-            evaluation = {**(reported_metrics(scores[COMBINED]) if scores else dict.fromkeys(EVAL_METRICS, math.nan)),
-                          **label_free}
-            last_eval = {**evaluation, **{f"best_{m}": _best(last_eval[f"best_{m}"], evaluation[m])
-                                          for m in RANKING_METRICS}}
-            media = functools.partial(write_eval_media, sequences=sequences, results=results, scores=scores,
-                                      columns=EVAL_METRICS)
-        # The latest evaluation rides along with later step reports, so every report Tune sees after the
-        # first evaluation carries HOTA (ASHA and the searcher read it from the last result).
-        # `evaluated` marks the report of a new evaluation (W&B's eval/* rows).
-        metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": resumed_from, **losses, **last_eval,
-                   EVALUATED_KEY: evaluated, "start_from": loop.start_from}
-        if done:
-            metrics["ranks_in_sync"] = ranks_in_sync(run.method.model_to_evaluate, world)
-        save = run.step % loop.checkpoint_every == 0 or end_of_epoch
-        if save or run.step % loop.report_every == 0 or evaluated:
-            _report(run, metrics, last_eval, save and rank == 0, final=run.step == run.total_steps, media=media)
+
+    def evaluate() -> dict:  # sharded over the workers, the same scores on every rank
+        results, scores, label_free = evaluate_sharded(run.method.model_to_evaluate, sequences, loop.tracker, rank,
+                                                       world, run.reference_model)
+        evaluation = {**(reported_metrics(scores[COMBINED]) if scores else dict.fromkeys(EVAL_METRICS, math.nan)),
+                      **label_free}
+        return {"metrics": evaluation, "media": functools.partial(write_eval_media, sequences=sequences,
+                                                                  results=results, scores=scores, columns=EVAL_METRICS)}
+
+    reporter = RayReporter(rank, world, resumed_from, loop.start_from, last_eval)
+    return adaptation_loop(run, reporter, loop.checkpoint_every, loop.report_every, evaluate, loop.eval_every_epoch,
+                           loop.final_eval, share_error=lambda error: _shared_error(error, world, device))
+
+
+class RayReporter:
+    """The worker's reporter for `adaptation_loop`: every rank reports (`ray.train.report` is a barrier), rank 0
+    with the checkpoint when the loop saves (the full state, the evaluations so far, a new evaluation's video and
+    per-sequence table: eval/visualize.py, at the end the adapted student). Every report carries every metric, NaN
+    until the first evaluation and then the latest one: Tune's searchers (Optuna) read HOTA from every result, and
+    ASHA's milestones fall on evaluated epochs. `evaluated` marks the report of a new evaluation (W&B's eval/* rows)."""
+
+    def __init__(self, rank: int, world: int, resumed_from: int, start_from: str | None, last_eval: dict):
+        self.rank, self.world, self.resumed_from, self.start_from = rank, world, resumed_from, start_from
+        self.last_eval = last_eval
+
+    def report(self, run, record: dict, save: bool, evaluation: dict | None) -> None:
+        if evaluation is not None:
+            new = evaluation["metrics"]
+            self.last_eval = {**new, **{f"best_{m}": _best(self.last_eval[f"best_{m}"], new[m])
+                                        for m in RANKING_METRICS}}
+        metrics = {"step": run.step, "epoch": run.epoch, "resumed_from_step": self.resumed_from, **record,
+                   **self.last_eval}
+        if ERROR_KEY not in record:
+            metrics.update({EVALUATED_KEY: evaluation is not None, "start_from": self.start_from})
+            if run.step == run.total_steps:
+                metrics["ranks_in_sync"] = ranks_in_sync(run.method.model_to_evaluate, self.world)
+        media = evaluation["media"] if evaluation is not None else None
+        _report(run, metrics, self.last_eval, save and self.rank == 0, final=run.step == run.total_steps, media=media)
 
 
 def not_evaluated() -> dict:
@@ -402,16 +397,6 @@ def reported_metrics(combined: dict) -> dict:
 
 def _best(best: float, value: float) -> float:
     return value if math.isnan(best) else max(best, value)
-
-
-def _step_on_every_rank(run, world: int) -> tuple[dict | None, str | None]:
-    """One DARTH step: (losses, None), or (None, the error) on every rank when any rank's loss was non-finite
-    (they stop together; a rank going on would wait in the next all-reduce forever)."""
-    try:
-        losses, error = run.run_step(), None
-    except FloatingPointError as e:
-        losses, error = None, str(e)
-    return losses, _shared_error(error, world, run.device)
 
 
 def _shared_error(error: str | None, world: int, device: str) -> str | None:

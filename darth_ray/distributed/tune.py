@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ray import tune
+from ray.tune.search import BasicVariantGenerator
 from ray.train.v2.api.callback import UserCallback
 
 from darth_ray.distributed.progress import ConsoleProgress
@@ -377,11 +378,12 @@ def pb2_bounds(space: Mapping) -> dict:
 
 
 def search_algorithm(exp: "ExperimentConfig"):
-    """Tune's searcher: None (random draws by Tune's BasicVariantGenerator) or Optuna's TPE; with repeats, either
-    as an Optuna searcher (random sampling or TPE) inside Tune's Repeater, which hands each draw out `repeats`
-    times and reports the searcher their mean."""
+    """Tune's searcher: random draws by Tune's BasicVariantGenerator, seeded by exp.seed (the same draws in every
+    experiment of that seed, whichever its scheduler), or Optuna's TPE; with repeats, either as an Optuna searcher
+    (random sampling or TPE) inside Tune's Repeater, which hands each draw out `repeats` times and reports the
+    searcher their mean."""
     if exp.search == "random" and exp.repeats == 1:
-        return None
+        return BasicVariantGenerator(max_concurrent=exp.max_concurrent_trials or 0, random_state=exp.seed)
     import optuna
     from ray.tune.search import Repeater
     from ray.tune.search.optuna import OptunaSearch
@@ -457,7 +459,9 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         param_space=trial_param_space(exp),
         tune_config=tune.TuneConfig(metric=exp.metric, mode="max", num_samples=exp.num_samples * exp.repeats,
                                     scheduler=trial_scheduler(exp), search_alg=search_alg,
-                                    max_concurrent_trials=exp.max_concurrent_trials),
+                                    # the random generator limits itself (it was built with the limit)
+                                    max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator)
+                                    else exp.max_concurrent_trials),
         run_config=tune.RunConfig(name=exp.name, storage_path=exp.storage_path, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   verbose=0,  # ConsoleProgress prints a line per trial event instead of tables
