@@ -268,6 +268,20 @@ def test_random_search_draws_the_same_configurations_under_every_scheduler(tiny,
     assert len(set(same)) == 3 and draws("asha", 0) == draws("pbt", 0) == same != draws("fifo", 1)
 
 
+def test_pbt_says_when_its_population_is_smaller_than_the_sample(tiny, tmp_path):
+    from darth_ray.distributed.tune import population_note
+
+    def note(scheduler: str, limit: int | None) -> str | None:
+        return population_note(ExperimentConfig(name="p", storage_path=str(tmp_path), loop=loop_config(tiny),
+                                                num_samples=8, max_concurrent_trials=limit, scheduler=scheduler,
+                                                search_space={"darth": {"lr": tune.loguniform(1e-4, 1e-2)}}))
+
+    assert note("pbt", 2).startswith("PBT evolves the trials that run together: with 2 at a time of 8, it runs 4 "
+                                     "populations of up to 2 one after another")
+    assert note("pb2", 3).startswith("PB2 evolves") and "runs 3 populations of up to 3" in note("pb2", 3)
+    assert note("pbt", 8) is None and note("pbt", None) is None and note("asha", 2) is None
+
+
 def test_tune_experiment_ranks_trials_logs_wandb_and_resumes(tiny, tmp_path, local_ray, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     exp = ExperimentConfig(name="exp", storage_path=str(tmp_path), loop=loop_config(tiny), num_samples=2,

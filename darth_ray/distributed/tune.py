@@ -415,6 +415,19 @@ def clamp_to_space(config: dict, space: Mapping) -> dict:
     return config
 
 
+def population_note(exp: ExperimentConfig) -> str | None:
+    """Why a PBT/PB2 experiment compares fewer trials than it samples, or None. Tune starts a trial only when one
+    of the `max_concurrent_trials` live ones ends (a trial PBT paused still counts), so the population is the trials
+    that run together."""
+    limit = exp.max_concurrent_trials
+    total = exp.num_samples * exp.repeats
+    if exp.scheduler not in CLONING_SCHEDULERS or limit is None or limit >= total:
+        return None
+    return (f"{exp.scheduler.upper()} evolves the trials that run together: with {limit} at a time of {total}, it "
+            f"runs {-(-total // limit)} populations of up to {limit} one after another, not one of {total} (set "
+            f"max_concurrent_trials / --max-concurrent-trials to {total} where the resources allow)")
+
+
 def run_experiment(exp: ExperimentConfig, resume: bool = True):
     """Run (or resume) the Tune experiment; returns the ResultGrid.
 
@@ -449,6 +462,9 @@ def run_experiment(exp: ExperimentConfig, resume: bool = True):
         path.rename(aside)
         log.info("starting a new experiment %s; the previous one moved to %s", path, aside)
     atomic_write_json(path / EXPERIMENT_FILE, settings)
+    note = population_note(exp)
+    if note:
+        log.warning(note)
     callbacks = [ConsoleProgress(exp.metric, [".".join(path) for path, _ in search_leaves(exp.search_space)],
                                  exp.num_samples * exp.repeats, exp.loop.darth.epochs)]
     if exp.wandb is not None:
