@@ -79,6 +79,20 @@ def test_trials_read_as_tune_wrote_them(experiment):
     assert c.best_hota is None and c.error == "FloatingPointError: non-finite DARTH loss"
 
 
+def test_a_pbt_trial_keeps_the_epochs_its_result_json_lost(tmp_path):
+    # Tune rewrites a trial's result.json when PBT exploits it (the rows before are gone); progress.csv keeps them
+    config = {"lr": 0.002, "conf_thr": 0.7}
+    trial = tmp_path / "trial_d_3"
+    trial.mkdir()
+    trial.joinpath("result.json").write_text("".join(json.dumps(result(e, 60.0 + e, config, trial_id="d",
+                                                                        evaluated=True)) + "\n" for e in (3, 4)))
+    trial.joinpath("progress.csv").write_text("epoch,HOTA,evaluated,trial_id\n" + "".join(
+        f"{e},{60.0 + e},True,d\n" for e in (1, 2, 3, 4)))
+    (d,) = read_trials(tmp_path)
+    assert sorted(d.evaluations) == [1, 2, 3, 4] and d.results[0]["evaluated"] is True
+    assert d.config == config and d.best_hota == 64.0
+
+
 def test_bad_experiment_folders_are_named(experiment, tmp_path):
     with open(experiment / "trial_a_0" / "result.json", "a") as f:
         f.write('{"epoch": 3, "HOTA": \n')

@@ -1,5 +1,7 @@
 """DARTH on Ray Train (Train V2): each TorchTrainer worker adapts on its shard of the target frames.
 
+- The steps, checkpoints and evaluations follow `adaptation_loop` (adapt/loop.py), the loop `darth-ray adapt`
+  runs; here `RayReporter` hands them to Ray.
 - Frames are split with `shard_frames` (contiguous, equal sizes); every worker runs the same number of steps.
 - Gradients are averaged across workers by bucketed all-reduces that start during backward
   (`OverlappedAllReduce`), so students, optimisers and therefore EMA teachers stay identical on every rank without

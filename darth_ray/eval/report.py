@@ -102,12 +102,15 @@ def read_trials(experiment_dir: Path) -> list[Trial]:
         raise InputError(experiment_dir, "no such experiment directory")
     trials = []
     for folder in sorted(p for p in experiment_dir.iterdir() if p.is_dir()):
-        if (folder / "result.json").is_file():
-            results = read_jsonl(folder / "result.json")
-            config = next((r["config"] for r in results if isinstance(r.get("config"), dict)), None)
-            trials.append(Trial(folder, config if config is not None else _params(folder), results))
-        elif (folder / "progress.csv").is_file():
-            trials.append(Trial(folder, _params(folder), _read_progress(folder / "progress.csv")))
+        jsonl, csv_file = folder / "result.json", folder / "progress.csv"
+        if not (jsonl.is_file() or csv_file.is_file()):
+            continue
+        results = read_jsonl(jsonl) if jsonl.is_file() else []
+        config = next((r["config"] for r in results if isinstance(r.get("config"), dict)), None)
+        # Tune's result.json loses the rows before a PBT exploit of the trial; progress.csv keeps every row
+        rows = _read_progress(csv_file) if csv_file.is_file() else []
+        trials.append(Trial(folder, config if config is not None else _params(folder),
+                            results if len(results) >= len(rows) else rows))
     if not trials:
         raise InputError(experiment_dir, "no Tune trials here (no <trial>/result.json or <trial>/progress.csv)")
     return trials
@@ -281,6 +284,8 @@ def _read_progress(path: Path) -> list[dict]:
 
 
 def _csv_value(text: str):
+    if text in ("True", "False"):
+        return text == "True"
     try:
         return int(text)
     except ValueError:
