@@ -136,7 +136,7 @@ def test_adapt_stops_at_a_non_finite_loss_with_the_state_before_it(tiny, tmp_pat
                  "--lr", "1e6", "--checkpoint-every", "1", "-q"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("darth-ray adapt: error: non-finite DARTH loss at step 2: ") and "Traceback" not in err
-    assert err.rstrip().endswith(f"; the state before it: {out / 'last.pt'}")
+    assert err.rstrip().endswith(f"; last good checkpoint: {out / 'last.pt'} (step 1)")
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["step"] == 1 and all(torch.isfinite(t).all() for t in state["student"].values())
     log = [json.loads(line) for line in (out / "adapt_log.jsonl").read_text().splitlines()]

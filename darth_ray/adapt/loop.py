@@ -256,7 +256,7 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     OUT/metrics.json (`evaluate --json` format, its COMBINED row with the label-free scores lf_*: eval/label_free.py),
     OUT/adapt_log.jsonl (per-step losses), OUT/plots/ (losses.png, metrics.png) and OUT/darth_run.json (what the
     run depends on: source checkpoint by path and sha256, target, split, config; a resume must match it).
-    A non-finite loss raises NonFiniteLossError naming the step and OUT/last.pt, the state before it.
+    A non-finite loss raises NonFiniteLossError naming the step and the last checkpoint before it (OUT/last.pt).
     """
     out_dir = Path(out_dir)
     sequences, _ = load_dataset(target, split=split, images=images, classes=classes, class_map=class_map,
@@ -271,6 +271,7 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     reporter = FileReporter(out_dir)
     if claim_adapt_dir(source, target, out_dir, config, split, resume, images, classes, class_map):
         run.load_state_dict(read_torch_file(reporter.last, device))
+        reporter.saved_step = run.step
         log.info("resuming %s from %s at step %d/%d", run.method.title, reporter.last, run.step, run.total_steps)
     elif run.method.target_bn_stats:
         run.use_target_bn_statistics()
@@ -286,7 +287,9 @@ def adapt(source: Path, target: Path, out_dir: Path, config: DarthConfig = Darth
     finished_before = run.step == run.total_steps  # a resume after the last step: only the evaluation is left
     error = adaptation_loop(run, reporter, checkpoint_every, evaluate=evaluate, show_progress=show_progress)
     if error:
-        raise NonFiniteLossError(f"{error}; the state before it: {reporter.last}")
+        last = (f"last good checkpoint: {reporter.last} (step {reporter.saved_step})" if reporter.saved_step is not None
+                else "no checkpoint was written before it")
+        raise NonFiniteLossError(f"{error}; {last}")
     final = run.save_student(out_dir / "final.pt")
     evaluation = reporter.evaluation or (evaluate() if evaluate and finished_before else {})
     return finish_adapt(out_dir, {"final_checkpoint": str(final), "steps": run.step}, sequences,

@@ -321,9 +321,9 @@ class WandbCallback(tune.Callback):
             improved = logger.log_eval(result["step"], {k: result[k] for k in REPORTED_METRICS if k in result})
             # The best evaluation (by the experiment's metric) so far: its track video and per-sequence table,
             # from the checkpoint it came with (write_eval_media); a checkpoint the driver cannot read is skipped.
-            media = Path(result.get("checkpoint_path") or "/nonexistent") / VIDEO_DIR
-            if self.metric in improved and media.is_dir():
-                logger.log_media(result["step"], media)
+            checkpoint = result.get("checkpoint_path")
+            if self.metric in improved and checkpoint and (Path(checkpoint) / VIDEO_DIR).is_dir():
+                logger.log_media(result["step"], Path(checkpoint) / VIDEO_DIR)
 
     def _finish(self, trial, exit_code: int) -> None:
         logger = self.loggers.pop(trial.trial_id, None)
