@@ -16,7 +16,8 @@ from darth_ray.adapt.config import DarthConfig
 from darth_ray.eval.track import track_and_score, track_sequences
 from darth_ray.data.dataset import load_dataset
 from darth_ray.data.mot import load_sequences
-from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, STATE_FILE, NonFiniteLossError, TrainLoopConfig
+from darth_ray.adapt.loop import NonFiniteLossError
+from darth_ray.distributed.train import EVAL_METRICS, PROGRESS_FILE, STATE_FILE, TrainLoopConfig
 from darth_ray.eval.label_free import LABEL_FREE_METRICS, score_without_labels
 from darth_ray.distributed.tune import (EXPERIMENT_FILE, ExperimentConfig, experiment_settings, fit_trial,
                                         run_experiment, settings_changes)

@@ -8,7 +8,8 @@ import time
 
 from ray import tune
 
-from darth_ray.distributed.train import ERROR_KEY, EVALUATED_KEY
+from darth_ray.adapt.loop import ERROR_KEY
+from darth_ray.distributed.train import EVALUATED_KEY
 
 
 def _flat(config: dict, prefix: str = "") -> dict:

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from darth_ray.adapt.config import DarthConfig
-from darth_ray.adapt.loop import CHECKPOINT_EVERY, ERROR_KEY, NonFiniteLossError, adaptation_loop
+from darth_ray.adapt.loop import CHECKPOINT_EVERY, ERROR_KEY, adaptation_loop
 from darth_ray.eval.label_free import LABEL_FREE_METRICS
 from darth_ray.eval.visualize import write_eval_media
 from darth_ray.io import dataclass_from_dict
@@ -187,12 +187,12 @@ def ranks_in_sync(model: torch.nn.Module, world: int) -> bool:
     """True when `model` is bit-identical on every rank (compares a hash of its state)."""
     import hashlib
 
+    if world == 1:
+        return True
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    if world == 1:
-        return True
     hashes = [None] * world
     dist.all_gather_object(hashes, digest.hexdigest())
     return len(set(hashes)) == 1

@@ -20,9 +20,10 @@ from ray import tune
 from ray.tune.search import BasicVariantGenerator
 from ray.train.v2.api.callback import UserCallback
 
+from darth_ray.adapt.loop import ERROR_KEY, NonFiniteLossError
 from darth_ray.distributed.progress import ConsoleProgress
-from darth_ray.distributed.train import (ERROR_KEY, EVALUATED_KEY, RANKING_METRICS, REPORTED_METRICS,
-                                         NonFiniteLossError, TrainLoopConfig, check_online_workers, train_func)
+from darth_ray.distributed.train import (EVALUATED_KEY, RANKING_METRICS, REPORTED_METRICS, TrainLoopConfig,
+                                         check_online_workers, train_func)
 from darth_ray.eval.visualize import MEDIA_DIR as VIDEO_DIR
 from darth_ray.io import InputError, atomic_write_json, file_sha256, settings_changes
 
