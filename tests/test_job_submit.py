@@ -1,5 +1,7 @@
-"""`ray job submit --working-dir . -- python experiments/tune_dance.py` against a real local head with a second
-node joined to it: the job succeeds, Tune ranks its trial by HOTA and writes best.json where we asked."""
+"""The README's walk-through: command 1 (tune_dance.py on a local Ray), then `ray job submit --working-dir . --
+python experiments/tune_dance.py` against a real local head with a second node joined to it: the job succeeds,
+Tune ranks its trial by HOTA, writes best.json, the report and one W&B run where we asked, and the console is one a
+person reads."""
 import json
 import subprocess
 from pathlib import Path
@@ -9,43 +11,6 @@ import pytest
 from ray_cluster import ray_cli_env, ray_executable
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_job_submit_runs_tune_dance_on_a_two_node_cluster(local_ray_head, tiny, tmp_path):
-    local_ray_head.add_worker(num_cpus=1)
-    runs = tmp_path / "runs"
-    command = [ray_executable(), "job", "submit", "--address", local_ray_head.dashboard_url,
-               "--working-dir", str(REPO), "--submission-id", "darth-job-test",
-               "--runtime-env-json", json.dumps({"env_vars": {"WANDB_MODE": "offline"}}), "--",
-               "python", "experiments/tune_dance.py", "--data", str(tiny / "bench" / "night"), "--split", "val",
-               "--source", str(tiny / "source.pt"), "--runs", str(runs), "--name", "job", "--num-samples", "1",
-               "--epochs", "1", "--scheduler", "fifo", "--threads-per-worker", "1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=540, env=ray_cli_env())
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "succeeded" in (result.stdout + result.stderr).lower()
-    status = subprocess.run([ray_executable(), "job", "status", "--address", local_ray_head.dashboard_url,
-                             "darth-job-test"], capture_output=True, text=True, timeout=60, env=ray_cli_env())
-    assert "succeeded" in (status.stdout + status.stderr).lower()
-
-    best = json.loads((runs / "tune" / "job" / "best.json").read_text())
-    assert len(best) == 1 and isinstance(best[0]["HOTA"], float)
-    assert set(best[0]["config"]) == {"aug_strength", "photometric_prob", "channel_swap_prob", "rpn_weight",
-                                      "roi_weight", "contrastive_weight", "ema_momentum", "conf_thr", "lr"}
-    assert "best trials of job" in result.stdout
-    # A console a person reads: a line per trial event, not Tune's config tables, Ray Train's echo of every
-    # report or py-motmetrics' timings.
-    output = result.stdout + result.stderr
-    assert "epoch 1/1: HOTA" in output and "[1/1 trials done" in output
-    for noise in ("started with configuration", "Reporting training result", "partials:",
-                  "may be a performance bottleneck"):  # a trial's wandb.init in the driver, ~4 s
-        assert noise not in output, noise
-    assert list((runs / "tune" / "job" / "wandb").glob("offline-run-*"))  # one W&B run for the trial
-    report = (runs / "tune" / "job" / "report.html").read_text()  # the offline report, linking the trial
-    trial_id = best[0]["trial"].split("=")[0]  # the report escapes the rest of Tune's long trial name
-    assert trial_id in report and (runs / "tune" / "job" / "summary.png").stat().st_size > 0
-
 
 
 def readme_cluster_commands() -> list[str]:
@@ -60,7 +25,8 @@ def readme_cluster_commands() -> list[str]:
 def test_readme_walk_through_runs_in_its_order_after_a_local_tune_run(tiny, tmp_path):
     """README command 1 (tune_dance.py on a local Ray), then the "Clusters" commands as written, in a shell's
     environment: HOME a fresh directory (the real ~/.ray is never touched) and no Ray auth settings but the README's.
-    Only the ports (free ones, loopback) and the size of the Tune run differ."""
+    Only the ports (free ones, loopback), a second node joined to the head, offline W&B for the job and the size of
+    the Tune run differ."""
     import re
     import shlex
     import sys
@@ -68,13 +34,14 @@ def test_readme_walk_through_runs_in_its_order_after_a_local_tune_run(tiny, tmp_
     from ray_cluster import start_ray_head
 
     shell = {"HOME": str(tmp_path / "home"), "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None,
-             "RAY_AUTH_TOKEN_PATH": None, "WANDB_MODE": "disabled"}
+             "RAY_AUTH_TOKEN_PATH": None, "WANDB_MODE": "offline"}
     tiny_run = ["--data", str(tiny / "bench" / "night"), "--split", "val", "--source", str(tiny / "source.pt"),
-                "--num-samples", "1", "--epochs", "1", "--scheduler", "fifo", "--wandb-mode", "disabled"]
+                "--num-samples", "1", "--epochs", "1", "--scheduler", "fifo", "--threads-per-worker", "1"]
 
     def run(argv: list[str], runs: str) -> str:
         if argv[-1] == "experiments/tune_dance.py":
-            argv = argv + tiny_run + ["--runs", str(tmp_path / runs)]
+            wandb = ["--wandb-mode", "disabled"] if runs == "local" else []  # the job's W&B run is checked below
+            argv = argv + tiny_run + wandb + ["--runs", str(tmp_path / runs)]
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, env=ray_cli_env(shell))
         assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
         return done.stdout + done.stderr
@@ -82,7 +49,7 @@ def test_readme_walk_through_runs_in_its_order_after_a_local_tune_run(tiny, tmp_
     run([sys.executable, "experiments/tune_dance.py"], "local")  # README command 1
     assert not (tmp_path / "home" / ".ray").exists()  # no token left to change what the next commands do
 
-    head, output = None, ""
+    head, output, submitted_output = None, "", ""
     try:
         for line in readme_cluster_commands():
             submitted = re.search(r"raysubmit_\w+", output)
@@ -101,11 +68,29 @@ def test_readme_walk_through_runs_in_its_order_after_a_local_tune_run(tiny, tmp_
                 head = start_ray_head(num_cpus=2, env=shell)  # the same flags, on free loopback ports
                 assert {"--head", "--block"} <= set(head.args)
                 assert any(a.startswith("--dashboard-port=") for a in head.args)
+                head.add_worker(num_cpus=1, env=shell)  # a second node, as a cluster has
             else:
                 assert argv[0] == "ray", line
                 output = run([ray_executable(), *argv[1:]], "job")
-        assert "succeeded" in output.lower()  # `ray job status`
-        assert json.loads((tmp_path / "job" / "tune" / "darth-night" / "best.json").read_text())[0]["HOTA"] >= 0
+            if argv[:3] == ["ray", "job", "submit"]:
+                submitted_output = output
+        assert "succeeded" in output.lower() and "succeeded" in submitted_output.lower()  # status and submit
+        job = tmp_path / "job" / "tune" / "darth-night"
+        best = json.loads((job / "best.json").read_text())
+        assert len(best) == 1 and isinstance(best[0]["HOTA"], float) and best[0]["HOTA"] >= 0
+        assert set(best[0]["config"]) == {"aug_strength", "photometric_prob", "channel_swap_prob", "rpn_weight",
+                                          "roi_weight", "contrastive_weight", "ema_momentum", "conf_thr", "lr"}
+        # A console a person reads: a line per trial event, not Tune's config tables, Ray Train's echo of every
+        # report or py-motmetrics' timings.
+        assert "best trials of darth-night" in submitted_output
+        assert "epoch 1/1: HOTA" in submitted_output and "[1/1 trials done" in submitted_output
+        for noise in ("started with configuration", "Reporting training result", "partials:",
+                      "may be a performance bottleneck"):  # a trial's wandb.init in the driver, ~4 s
+            assert noise not in submitted_output, noise
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1  # one W&B run for the trial
+        report = (job / "report.html").read_text()  # the offline report, linking the trial
+        trial_id = best[0]["trial"].split("=")[0]  # the report escapes the rest of Tune's long trial name
+        assert trial_id in report and (job / "summary.png").stat().st_size > 0
     finally:
         if head is not None:
             head.stop()
