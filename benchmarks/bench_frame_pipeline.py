@@ -1,6 +1,7 @@
 """Does the frame pipeline hide JPEG decoding? DARTH step time on 1920x1080 JPEG frames (decoded ahead in
 background threads, the default), against the same steps on frames already in memory, and on JPEGs decoded in
-the step (no read-ahead). Then AMP bf16 against float32 on the same steps.
+the step (no read-ahead). Then AMP bf16 against float32, and channels_last against the default layout, on the same
+steps.
 
     python benchmarks/bench_frame_pipeline.py [--steps 6] [--threads 2] [--img-scale 640 640] [--model small]
 
@@ -56,15 +57,20 @@ def main() -> None:
     config = darth_config(scale, "off", frames, args.steps)
     times = {v: step_time(source, work / "data", config, args.steps, v)
              for v in ("in memory", "JPEG, read ahead", "decoded in the step")}
-    times["JPEG, read ahead, bf16"] = step_time(source, work / "data", dataclasses.replace(config, amp="bf16"),
-                                                args.steps, "JPEG, read ahead")
+    for name, change in (("bf16", {"amp": "bf16"}), ("channels_last", {"channels_last": True}),
+                         ("bf16, channels_last", {"amp": "bf16", "channels_last": True})):
+        times[f"JPEG, read ahead, {name}"] = step_time(source, work / "data", dataclasses.replace(config, **change),
+                                                       args.steps, "JPEG, read ahead")
     print(f"DARTH step, {args.model}, 2 frames of 1920x1080 -> views in {tuple(args.img_scale)}, "
           f"{args.threads} threads, {args.steps} steps")
     base = times["in memory"]
     for name, seconds in times.items():
-        print(f"  {name:<26} {seconds * 1000:8.1f} ms  x{seconds / base:.3f} of frames in memory")
+        print(f"  {name:<36} {seconds * 1000:8.1f} ms  x{seconds / base:.3f} of frames in memory")
     print(f"JPEG read ahead / in memory: {times['JPEG, read ahead'] / base:.3f} (target <= 1.05)")
-    print(f"AMP bf16 / fp32 step time: {times['JPEG, read ahead, bf16'] / times['JPEG, read ahead']:.3f}")
+    ahead = times["JPEG, read ahead"]
+    print(f"AMP bf16 / fp32 step time: {times['JPEG, read ahead, bf16'] / ahead:.3f}")
+    print(f"channels_last / default layout step time: fp32 {times['JPEG, read ahead, channels_last'] / ahead:.3f}, "
+          f"bf16 {times['JPEG, read ahead, bf16, channels_last'] / times['JPEG, read ahead, bf16']:.3f}")
 
 
 if __name__ == "__main__":

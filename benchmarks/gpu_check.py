@@ -5,10 +5,13 @@
 
 r50_fpn at the DanceTrack config's scale (1920x1080 frames, views fit into (1088, 1088)), with deterministic
 well-conditioned weights (darth_ray/models/well_conditioned.py, converted from mmtrack's layout as a real checkpoint
-is) on generated JPEG frames of moving boxes. Measures: DARTH step frames/s in float32 and with AMP (bf16 where the
-device has it, else fp16), the share of a step outside model compute (waiting for frames, view building, proposal
-sampling for the pseudo-labels, EMA), peak accelerator memory, the loss difference between the CPU and the device
-on one fixed batch, tracking frames/s, and with --workers N Ray Train frames/s for 1 and N workers (one GPU each).
+is) on generated JPEG frames of moving boxes. Measures: DARTH step frames/s in float32, with AMP (bf16 where the
+device has it, else fp16) and with AMP in channels_last layout, the share of a step outside model compute (waiting
+for frames, view building, proposal sampling for the pseudo-labels, EMA), peak accelerator memory, JPEG decoding
+frames/s (OpenCV on one CPU thread, as the frame pipeline decodes, and torchvision's decode_jpeg on the device), the
+loss difference between the CPU and the device on one fixed batch, tracking frames/s, and with --workers N Ray
+Train frames/s for 1 and N workers (one GPU each). A measurement that fails is named under "errors" (its traceback
+on stderr) and the others still run; the exit status is then 1.
 
 Needs only PyTorch, torchvision, OpenCV and numpy besides this checkout (no ray, wandb, motmetrics, trackeval,
 mmengine, tqdm): it imports darth_ray from the checkout; tracking is timed, not scored; Ray only for --workers.
@@ -23,6 +26,7 @@ import math
 import sys
 import tempfile
 import time
+import traceback
 import types
 from collections import defaultdict
 from pathlib import Path
@@ -113,11 +117,11 @@ def source_checkpoint(work: Path, model: str) -> Path:
     return convert_mmtrack_checkpoint(write_mmtrack_checkpoint(work / "qdtrack_mmtrack.pth"), work / "source.pt")
 
 
-def darth_config(scale: dict, amp: str, frames: int, steps: int) -> DarthConfig:
+def darth_config(scale: dict, amp: str, frames: int, steps: int, channels_last: bool = False) -> DarthConfig:
     """The published DARTH settings at this scale, with enough epochs for `steps` steps (plus warm-up)."""
     steps_per_epoch = max(1, frames // 2)
     return DarthConfig(frame_size=scale["frame"], img_scale=scale["img_scale"], amp=amp, frames_per_batch=2,
-                       epochs=math.ceil((steps + 1) / steps_per_epoch), lr_steps=())
+                       epochs=math.ceil((steps + 1) / steps_per_epoch), lr_steps=(), channels_last=channels_last)
 
 
 def synchronize(device: torch.device) -> None:
@@ -202,6 +206,28 @@ def loss_difference(source: Path, data: Path, config: DarthConfig, device: torch
             "max_abs_diff": max(abs(losses["cpu"][k] - losses[device.type][k]) for k in losses["cpu"])}
 
 
+def measure_decoding(data: Path, device: torch.device) -> dict:
+    """JPEG decoding frames/s of the generated frames: OpenCV on one CPU thread (what each of the frame pipeline's
+    threads does) and, on CUDA, torchvision's decode_jpeg on the device, all frames in one batch."""
+    from torchvision.io import decode_jpeg
+
+    files = sorted(load_sequences(data, require_images=True)[0].image_dir.glob("*.jpg"))
+    encoded = [f.read_bytes() for f in files]
+    start = time.perf_counter()
+    for data_bytes in encoded:
+        cv2.imdecode(np.frombuffer(data_bytes, np.uint8), cv2.IMREAD_COLOR)
+    rates = {"cv2_cpu_thread_frames_per_s": len(encoded) / (time.perf_counter() - start)}
+    if device.type == "cuda":
+        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
+        decode_jpeg(tensors, device=device)  # warm-up: nvjpeg's handles
+        synchronize(device)
+        start = time.perf_counter()
+        decode_jpeg(tensors, device=device)
+        synchronize(device)
+        rates["decode_jpeg_device_frames_per_s"] = len(encoded) / (time.perf_counter() - start)
+    return rates
+
+
 def measure_tracking(source: Path, data: Path, device: torch.device) -> float:
     """Tracking frames/s (detection + embeddings + association) over the sequence, after a warm-up pass."""
     model, _ = load_checkpoint(source, map_location=str(device))
@@ -256,22 +282,41 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "model": scale["model"], "frame_size": scale["frame"],
               "view_scale": scale["img_scale"] or (1088, 1088), "frames_per_step": 2}
-    for mode in ("off", amp):
-        report[f"darth_{'fp32' if mode == 'off' else mode}"] = measure_darth(
-            source, data, darth_config(scale, mode, frames, args.steps), device, args.steps)
-    report["amp_speedup"] = report[f"darth_{amp}"]["frames_per_s"] / report["darth_fp32"]["frames_per_s"]
-    report["cpu_vs_device_loss"] = loss_difference(source, data, darth_config(scale, "off", frames, 1), device)
-    report["tracking_frames_per_s"] = measure_tracking(source, data, device)
+    errors: dict[str, str] = {}
+
+    def measure(key: str, fn, *fn_args) -> None:
+        """report[key] = fn(*fn_args); a failure is named in errors and the check goes on to the next one."""
+        try:
+            report[key] = fn(*fn_args)
+        except Exception as e:  # noqa: BLE001 - one broken measurement must not lose the others on a borrowed GPU
+            traceback.print_exc()
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            errors[key] = f"{type(e).__name__}: {e} ({Path(where.filename).name}:{where.lineno})"
+
+    for key, mode, channels_last in (("darth_fp32", "off", False), (f"darth_{amp}", amp, False),
+                                     (f"darth_{amp}_channels_last", amp, True)):
+        measure(key, measure_darth, source, data, darth_config(scale, mode, frames, args.steps, channels_last),
+                device, args.steps)
+    rate = {k: v["frames_per_s"] for k, v in report.items() if k.startswith("darth_")}
+    if "darth_fp32" in rate and f"darth_{amp}" in rate:
+        report["amp_speedup"] = rate[f"darth_{amp}"] / rate["darth_fp32"]
+    if f"darth_{amp}_channels_last" in rate and f"darth_{amp}" in rate:
+        report["channels_last_speedup"] = rate[f"darth_{amp}_channels_last"] / rate[f"darth_{amp}"]
+    measure("frame_decoding", measure_decoding, data, device)
+    measure("cpu_vs_device_loss", loss_difference, source, data, darth_config(scale, "off", frames, 1), device)
+    measure("tracking_frames_per_s", measure_tracking, source, data, device)
     if args.workers:
-        report["ray_train"] = measure_ray(source, work, scale, amp, args.workers, args.steps, device, seed=1)
-    best = max(report["darth_fp32"]["frames_per_s"], report[f"darth_{amp}"]["frames_per_s"])
-    # 4 epochs over DanceTrack val (~25k frames) on 8 GPUs, at the measured multi-worker efficiency if any
-    efficiency = report["ray_train"]["ratio"] / args.workers if args.workers else 1.0
-    report["dancetrack_val_100k_frames_8_gpus_hours"] = 100_000 / (8 * best * efficiency) / 3600
+        measure("ray_train", measure_ray, source, work, scale, amp, args.workers, args.steps, device, 1)
+    if rate:
+        # 4 epochs over DanceTrack val (~25k frames) on 8 GPUs, at the measured multi-worker efficiency if any
+        efficiency = report["ray_train"]["ratio"] / args.workers if "ray_train" in report else 1.0
+        report["dancetrack_val_100k_frames_8_gpus_hours"] = 100_000 / (8 * max(rate.values()) * efficiency) / 3600
+    if errors:
+        report["errors"] = errors
     report["check_s"] = time.perf_counter() - started
     print(json.dumps(report))
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if "errors" in main() else 0)

@@ -106,6 +106,10 @@ class DarthConfig:
     # Mixed precision of the forwards (darth_ray/adapt/amp.py): off (float32), bf16 (CUDA or CPU) or fp16 (CUDA,
     # with a gradient scaler). Off by default: the published float32 results on every device; bf16 on GPUs.
     amp: str = "off"
+    # The student and teacher in channels_last memory format (convolutions on NHWC; tensor-core GPUs often run them
+    # faster, CPUs often slower): a speed option, the numbers stay the same up to float rounding. gpu_check.py
+    # measures whether it helps on a GPU.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -245,7 +249,7 @@ def _problems(c: DarthConfig) -> list[str]:
         p.append(f"base_batch_size must be an int >= 1, got {c.base_batch_size!r}")
     if not (integer(c.frames_per_batch) and c.frames_per_batch >= 1):
         p.append(f"frames_per_batch must be an int >= 1, got {c.frames_per_batch!r}")
-    for name in ("target_bn_stats", "scale_to_batch"):
+    for name in ("target_bn_stats", "scale_to_batch", "channels_last"):
         if not isinstance(getattr(c, name), bool):
             p.append(f"{name} must be true or false, got {getattr(c, name)!r}")
     if not (integer(c.seed) and c.seed >= 0):
@@ -307,4 +311,6 @@ FIELD_HELP = {
     "seed": "seeds the frame order and the views (a run resumed from a checkpoint continues exactly)",
     "amp": "mixed precision of the forwards: off (float32, as published), bf16 (CUDA or CPU), fp16 (CUDA, with a "
            "gradient scaler); losses and EMA stay float32",
+    "channels_last": "the networks in channels_last memory format (often faster convolutions on tensor-core GPUs, "
+                     "slower on CPUs; results equal up to float rounding)",
 }

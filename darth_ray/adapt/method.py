@@ -53,6 +53,8 @@ class Method:
     def from_source(cls, source: QDTrack, config: DarthConfig, workers: int = 1) -> "Method":
         """The method on one of `workers` data-parallel processes (see `student_from_source`)."""
         student = float32_outputs(student_from_source(source))  # autocast forwards, float32 outputs (amp.py)
+        if config.channels_last:  # before the teacher is copied from it: both NHWC
+            student = student.to(memory_format=torch.channels_last)
         return cls.from_student(student, config, workers)
 
     @classmethod
