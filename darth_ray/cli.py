@@ -124,7 +124,7 @@ def _track(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, _ = load_checkpoint(args.checkpoint, map_location=device)
     model.to(device)
     sequences, _ = load_dataset(args.data, split=args.split, images=args.images, classes=args.classes,
@@ -150,7 +150,7 @@ def _track(args: argparse.Namespace) -> None:
         print(f"wrote {Path(args.out) / 'metrics.json'}")
 
 
-def _device(requested: str) -> str:
+def resolve_device(requested: str) -> str:
     """--device as a torch device, checked before anything is loaded onto it."""
     import torch
 
@@ -167,7 +167,7 @@ def _device(requested: str) -> str:
     return requested
 
 
-def _add_device_option(p: argparse.ArgumentParser) -> None:
+def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
 
 
@@ -178,7 +178,7 @@ def _train_source(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in _given_fields(args, SourceTrainConfig).items()}
     architecture, classes = None, args.classes
     if args.config:  # the file's settings, then the options given on the command line
@@ -260,7 +260,7 @@ def _adapt(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     given = _given_fields(args, DarthConfig)
     tracker, classes = _tracker_params(args), args.classes
     if args.config:  # the file's settings, then the options given on the command line
@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many steps")
     p.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps between checkpoints (100)")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
-    _add_device_option(p)
+    add_device_option(p)
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUT/last.pt exists (never in another command's --out)")
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize frames to fit MAX x MAX keeping the ratio (e.g. 1088 for DanceTrack; default: "
                         "native size)")
     p.add_argument("--batch-size", type=_positive_int, default=4, help="frames per detector forward (4)")
-    _add_device_option(p)
+    add_device_option(p)
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_dataset_options(p, "--data")
@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a DARTH adapter config of the authors (e.g. darth_qdtrack_faster-rcnn_r50_fpn_4e_dancetrack"
                         ".py): its views, losses, EMA, conf_thr, optimiser, schedule and tracker; the options below "
                         "override it; its model must be --source's (see `darth-ray config show`)")
-    _add_device_option(p)
+    add_device_option(p)
     p.add_argument("--checkpoint-every", type=_positive_int, default=50,
                    help="steps between checkpoints of OUT/last.pt (50; also at every epoch's end)")
     p.add_argument("--compare-source", action="store_true",

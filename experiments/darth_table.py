@@ -33,10 +33,11 @@ import torch  # noqa: E402
 from darth_ray.adapt.config import PROTOCOLS, DarthConfig  # noqa: E402
 from darth_ray.adapt.loop import adapt  # noqa: E402
 from darth_ray.adapt.methods import METHODS  # noqa: E402
+from darth_ray.cli import add_device_option, resolve_device  # noqa: E402
 from darth_ray.data.synth import DEFAULT_TARGET_DOMAINS, SOURCE_DOMAIN  # noqa: E402
 from darth_ray.embedded import BENCHMARK, DARTH_SETTINGS, ensure_benchmark, ensure_source_model  # noqa: E402
 from darth_ray.eval.metrics import COMBINED  # noqa: E402
-from darth_ray.io import atomic_write_text, file_sha256  # noqa: E402
+from darth_ray.io import InputError, atomic_write_text, file_sha256  # noqa: E402
 
 log = logging.getLogger("darth_table")
 COLUMNS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
@@ -55,8 +56,8 @@ VARIANTS = {
 class Runs:
     """Adaptation runs of one source model on the benchmark, cached by configuration."""
 
-    def __init__(self, source: Path, bench: Path, cache: Path, epochs: int):
-        self.source, self.bench, self.cache, self.epochs = source, bench, cache, epochs
+    def __init__(self, source: Path, bench: Path, cache: Path, epochs: int, device: str = "cpu"):
+        self.source, self.bench, self.cache, self.epochs, self.device = source, bench, cache, epochs, device
 
     def config(self, method: str = "darth", protocol: str = "offline", seed: int = 0, **overrides) -> DarthConfig:
         return DarthConfig(method=method, protocol=protocol, reset="episodic" if protocol == "online" else None,
@@ -66,10 +67,12 @@ class Runs:
     def metrics(self, domain: str, name: str, config: DarthConfig) -> dict:
         """COMBINED metrics of `config` on the domain's val split, adapted unless cached."""
         config_hash = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        out = self.cache / domain / f"{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}-{config_hash}"
+        # Runs on another device than the CPU are cached apart: their numbers differ by float rounding.
+        device = "" if self.device == "cpu" else "-" + re.sub(r"[^A-Za-z0-9]+", "", self.device)
+        out = self.cache / domain / f"{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}-{config_hash}{device}"
         if not (out / "metrics.json").is_file():
             log.info("%s on %s (%s)", name, domain, out)
-            adapt(self.source, self.bench / domain, out, config, split="val", show_progress=False)
+            adapt(self.source, self.bench / domain, out, config, split="val", show_progress=False, device=self.device)
         return json.loads((out / "metrics.json").read_text())[COMBINED]
 
     def method_metrics(self, domain: str, method: str, protocol: str, seeds: list[int]) -> list[dict]:
@@ -175,13 +178,18 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs of the offline protocol ({EPOCHS})")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
     p.add_argument("--no-readme", action="store_true", help="only write runs/table/tables.md")
+    add_device_option(p)
     args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except InputError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     bench = ensure_benchmark(args.runs)
     source = ensure_source_model(args.runs, bench)
-    runs = Runs(source, bench, args.runs / "table" / file_sha256(source)[:12], args.epochs)
+    runs = Runs(source, bench, args.runs / "table" / file_sha256(source)[:12], args.epochs, device)
 
     clean = runs.method_metrics(SOURCE_DOMAIN, "source", "offline", args.seeds)[0]
     gap_md = domain_gap(runs, args.domains, clean)

@@ -18,10 +18,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from darth_ray.cli import add_device_option, resolve_device  # noqa: E402
 from darth_ray.data.mot import load_sequences  # noqa: E402
 from darth_ray.eval.metrics import COMBINED  # noqa: E402
 from darth_ray.eval.track import track_and_score  # noqa: E402
-from darth_ray.io import atomic_write_json  # noqa: E402
+from darth_ray.io import InputError, atomic_write_json  # noqa: E402
 from darth_ray.models.qdtrack import load_checkpoint  # noqa: E402
 
 COLUMNS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
@@ -47,13 +48,18 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="val", help="split to track (val)")
     p.add_argument("--json", type=Path, help="also write the table here as JSON")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2)")
+    add_device_option(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     for path in (args.source, args.adapted):
         if not path.is_file():
             p.error(f"checkpoint not found: {path}")
-    source, _ = load_checkpoint(args.source)
-    adapted, _ = load_checkpoint(args.adapted)
+    try:
+        device = resolve_device(args.device)
+    except InputError as e:
+        p.error(str(e))
+    source, _ = load_checkpoint(args.source, map_location=device)
+    adapted, _ = load_checkpoint(args.adapted, map_location=device)
     table = swap_table(source, adapted, load_sequences(args.target, split=args.split))
     print("| detector / embeddings | " + " | ".join(COLUMNS) + " |\n|---|" + "---:|" * len(COLUMNS))
     for name, m in table.items():

@@ -83,3 +83,28 @@ def test_unknown_rows_are_refused(table, capsys, option, value):
     with pytest.raises(SystemExit):
         module.main(["--runs", str(runs), option, value])
     assert f"invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_a_device_that_is_not_there_is_refused_before_any_run(table, capsys, monkeypatch):
+    import torch
+
+    module, runs, _ = table
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        module.main(["--runs", str(runs), "--device", "cuda"])
+    assert "--device: cuda: CUDA is not available" in capsys.readouterr().err
+    assert not (runs / "table").exists()
+
+
+def test_runs_on_another_device_are_cached_apart(table, tiny, monkeypatch):
+    module, runs, _ = table
+    calls = []
+    monkeypatch.setattr(module, "adapt", lambda source, target, out, config, **kw: calls.append((out, kw["device"])))
+    cpu, gpu = (module.Runs(runs / "source.pt", tiny / "bench", runs / "cache", 1, device)
+                for device in ("cpu", "cuda:1"))
+    for r in (cpu, gpu):
+        with pytest.raises(FileNotFoundError):  # the stand-in wrote no metrics.json
+            r.metrics("night", "darth offline", r.config())
+    (cpu_out, cpu_device), (gpu_out, gpu_device) = calls
+    assert (cpu_device, gpu_device) == ("cpu", "cuda:1")
+    assert gpu_out.name == cpu_out.name + "-cuda1"  # CPU caches keep their names
