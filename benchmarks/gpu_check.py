@@ -6,12 +6,14 @@
 r50_fpn at the DanceTrack config's scale (1920x1080 frames, views fit into (1088, 1088)), with deterministic
 well-conditioned weights (darth_ray/models/well_conditioned.py, converted from mmtrack's layout as a real checkpoint
 is) on generated JPEG frames of moving boxes. Measures: DARTH step frames/s in float32, with AMP (bf16 where the
-device has it, else fp16) and with AMP in channels_last layout, the share of a step outside model compute (waiting
-for frames, view building, proposal sampling for the pseudo-labels, EMA), peak accelerator memory, JPEG decoding
-frames/s (OpenCV on one CPU thread, as the frame pipeline decodes, and torchvision's decode_jpeg on the device), the
-loss difference between the CPU and the device on one fixed batch, tracking frames/s, and with --workers N Ray
-Train frames/s for 1 and N workers (one GPU each). A measurement that fails is named under "errors" (its traceback
-on stderr) and the others still run; the exit status is then 1.
+device has it, else fp16) and with AMP in channels_last layout; the share of a step outside model compute (waiting
+for frames, view building, proposal sampling for the pseudo-labels, EMA); peak accelerator memory; whether fp16 with
+its gradient scaler stays finite (on a GPU that has bf16); JPEG decoding frames/s (OpenCV on one CPU thread, as the
+frame pipeline decodes, and torchvision's decode_jpeg on the device); the loss difference between the CPU and the
+device on one fixed batch (on CUDA in true float32, and with PyTorch's default TF32 convolutions, which the "fp32"
+throughput uses); tracking frames/s; with --workers N, Ray Train frames/s for 1 and N workers (one GPU each). Each
+measurement is also printed to stderr when taken; one that fails is named under "errors" (its traceback on stderr)
+and the others still run; the exit status is then 1.
 
 Needs only PyTorch, torchvision, OpenCV and numpy besides this checkout (no ray, wandb, motmetrics, trackeval,
 mmengine, tqdm): it imports darth_ray from the checkout; tracking is timed, not scored; Ray only for --workers.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import importlib.machinery
 import json
 import math
@@ -135,18 +138,22 @@ def measure_darth(source: Path, data: Path, config: DarthConfig, device: torch.d
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
     result = {}
     for phase in ("throughput", "breakdown"):
+        release(device)  # the last run's models and optimiser state do not count in this one's peak
         run = AdaptationRun(source, sequences, frames, config, device=str(device))
-        run.run_step()  # warm-up: cuDNN autotuning, allocator, first decode
-        times = _timed_pieces(run, device) if phase == "breakdown" else defaultdict(float)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            run.run_step()
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        run.frames_ahead.close()
+        try:
+            run.run_step()  # warm-up: allocator, first decode, lazy CUDA initialisation
+            times = _timed_pieces(run, device) if phase == "breakdown" else defaultdict(float)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                run.run_step()
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+        finally:
+            _restore_pieces()
+            run.frames_ahead.close()
         if phase == "throughput":
             result["frames_per_s"] = steps * config.frames_per_batch / elapsed
             result["step_s"] = elapsed / steps
@@ -155,7 +162,32 @@ def measure_darth(source: Path, data: Path, config: DarthConfig, device: torch.d
         else:
             result["outside_model_share"] = sum(times[k] for k in OUTSIDE) / elapsed
             result["outside_model_s"] = {k: times[k] / steps for k in OUTSIDE}
-        _restore_pieces()
+        del run
+    release(device)
+    return result
+
+
+def release(device: torch.device) -> None:
+    """Free what earlier runs left (an AdaptationRun is kept alive by reference cycles until a collection)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def fp16_steps(source: Path, data: Path, config: DarthConfig, device: torch.device, steps: int = 3) -> dict:
+    """fp16 autocast with its gradient scaler (GPUs without bf16) for a few steps: finite losses, the loss scale."""
+    sequences = load_sequences(data, require_images=True)
+    frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
+    release(device)
+    run = AdaptationRun(source, sequences, frames, config, device=str(device))
+    try:
+        losses = [run.run_step()["loss_total"] for _ in range(steps)]
+    finally:
+        run.frames_ahead.close()
+    result = {"loss_total": losses, "finite": all(math.isfinite(v) for v in losses),
+              "loss_scale": run.method.precision.scaler.get_scale()}
+    del run
+    release(device)
     return result
 
 
@@ -192,18 +224,32 @@ def _restore_pieces() -> None:
 
 
 def loss_difference(source: Path, data: Path, config: DarthConfig, device: torch.device) -> dict:
-    """The DARTH losses of one fixed batch (one frame, fixed views) in float32 on the CPU and on `device`."""
+    """The DARTH losses of one fixed batch (one frame, fixed views) in float32 on the CPU and on `device`. On CUDA
+    twice: in true float32 (TF32 off) and with PyTorch's default, which runs cuDNN convolutions in TF32."""
     sequence = load_sequences(data, require_images=True)[0]
     frames = sequence.load_image(1)[None]
-    losses = {}
-    for where in ("cpu", device.type):
+
+    def losses(where: str) -> dict[str, float]:
         model, _ = load_checkpoint(source, map_location=where)
         darth = Darth.from_source(model, dataclasses.replace(config, amp="off"))
         with torch.no_grad():
-            losses[where] = {k: float(v) for k, v in darth.losses(frames.to(where), torch.Generator().manual_seed(0))
-                             .items()}
-    return {"cpu": losses["cpu"], "device": losses[device.type],
-            "max_abs_diff": max(abs(losses["cpu"][k] - losses[device.type][k]) for k in losses["cpu"])}
+            return {k: float(v) for k, v in darth.losses(frames.to(where), torch.Generator().manual_seed(0)).items()}
+
+    def largest_difference(a: dict, b: dict) -> float:
+        return max(abs(a[k] - b[k]) for k in a)
+
+    cpu = losses("cpu")
+    default_tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        device_fp32 = losses(device.type)
+    finally:
+        torch.backends.cudnn.allow_tf32 = default_tf32
+    result = {"cpu": cpu, "device": device_fp32, "max_abs_diff": largest_difference(cpu, device_fp32)}
+    if device.type == "cuda" and default_tf32:
+        device_tf32 = losses(device.type)
+        result.update(device_tf32=device_tf32, max_abs_diff_tf32=largest_difference(cpu, device_tf32))
+    return result
 
 
 def measure_decoding(data: Path, device: torch.device) -> dict:
@@ -271,8 +317,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and args.workers > torch.cuda.device_count():
+        p.error(f"--workers {args.workers}: this machine has {torch.cuda.device_count()} GPU(s), one per worker")
     scale = TINY if args.tiny else FULL
-    amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    # Emulated bf16 (V100, T4) runs slower than fp16 there: bf16 only where the GPU has it.
+    amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
     data = work / "data"
     started = time.perf_counter()
@@ -282,12 +331,16 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "model": scale["model"], "frame_size": scale["frame"],
               "view_scale": scale["img_scale"] or (1088, 1088), "frames_per_step": 2}
+    if device.type == "cuda":  # PyTorch's default: "fp32" convolutions run in TF32 on Ampere and newer
+        report["tf32_convolutions"] = torch.backends.cudnn.allow_tf32
     errors: dict[str, str] = {}
 
     def measure(key: str, fn, *fn_args) -> None:
-        """report[key] = fn(*fn_args); a failure is named in errors and the check goes on to the next one."""
+        """report[key] = fn(*fn_args), also printed to stderr at once (a run cut short keeps what it measured); a
+        failure is named in errors and the check goes on to the next one."""
         try:
             report[key] = fn(*fn_args)
+            print(f"gpu_check {key}: {json.dumps(report[key])}", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 - one broken measurement must not lose the others on a borrowed GPU
             traceback.print_exc()
             where = traceback.extract_tb(e.__traceback__)[-1]
@@ -302,6 +355,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["amp_speedup"] = rate[f"darth_{amp}"] / rate["darth_fp32"]
     if f"darth_{amp}_channels_last" in rate and f"darth_{amp}" in rate:
         report["channels_last_speedup"] = rate[f"darth_{amp}_channels_last"] / rate[f"darth_{amp}"]
+    if device.type == "cuda" and amp != "fp16":
+        measure("fp16_steps", fp16_steps, source, data, darth_config(scale, "fp16", frames, 3), device)
     measure("frame_decoding", measure_decoding, data, device)
     measure("cpu_vs_device_loss", loss_difference, source, data, darth_config(scale, "off", frames, 1), device)
     measure("tracking_frames_per_s", measure_tracking, source, data, device)

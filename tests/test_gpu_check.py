@@ -33,6 +33,11 @@ def run_gpu_check(tmp_path, *args: str) -> tuple[int, dict, str]:
 def test_gpu_check_tiny_on_cpu_without_the_optional_packages(tmp_path):
     rc, report, stderr = run_gpu_check(tmp_path, "--steps", "2", "--frames", "6")
     assert rc == 0 and "errors" not in report, stderr[-3000:]
+    # each measurement is on stderr as soon as it is taken: a run cut short by a time limit keeps them
+    partial = dict(line.removeprefix("gpu_check ").split(": ", 1) for line in stderr.splitlines()
+                   if line.startswith("gpu_check "))
+    assert json.loads(partial["darth_fp32"]) == report["darth_fp32"]
+    assert json.loads(partial["tracking_frames_per_s"]) == report["tracking_frames_per_s"]
     for mode in ("darth_fp32", "darth_bf16", "darth_bf16_channels_last"):
         assert report[mode]["frames_per_s"] > 0
         assert 0 < report[mode]["outside_model_share"] < 1

@@ -90,3 +90,16 @@ def test_draws_follow_the_ranges_and_probabilities():
     on = draw_distortion([0.1, 1.0, 0.1, 0.0, 0.1, 0.5, 0.1, 0.25, 0.1, 0.3, 0.1, 0.2, 0.1], ranges)
     assert on.delta == pytest.approx(32.0) and on.alpha == pytest.approx(0.5) and on.contrast_first
     assert on.saturation == pytest.approx(1.0) and on.hue == pytest.approx(-9.0) and on.permutation == (1, 2, 0)
+
+
+def test_affine_colour_map_ignores_the_steps_autocast():
+    """Views are built inside the DARTH step's autocast region; the affine colour map's matmul must stay float32
+    there (in bf16 a share of pixels came out one grey level off)."""
+    from darth_ray.data.photometric import apply_colour, colour_transform
+
+    u = [0.1, 0.3, 0.1, 0.9, 0.1, 0.7, 0.1, 0.2, 0.1, 0.8, 0.4, 0.6]  # every change on (0.1 < p)
+    colour = colour_transform(u, PhotometricRanges(photometric_prob=0.5)).float()
+    image = _image(3)
+    exact = apply_colour(image, colour)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(apply_colour(image, colour), exact)

@@ -223,8 +223,9 @@ def render(source: Tensor, geo: Geometry, distortion: Distort, plain: Tensor, di
 def map_boxes(boxes: Tensor, geo: Geometry, frame_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Frame-coordinate boxes [N, 4] -> (view boxes [N, 4], unclipped; keep mask [N]: not degenerate)."""
     scale_x, scale_y = geo.scaled_w / frame_hw[1], geo.scaled_h / frame_hw[0]
-    mapped = boxes.float() * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y], dtype=torch.float32)
-    mapped = mapped - boxes.new_tensor([geo.crop_x, geo.crop_y, geo.crop_x, geo.crop_y], dtype=torch.float32)
+    # Python numbers, not new tensors: a tensor made from host memory would wait for the GPU at every view.
+    scale, crop = (scale_x, scale_y, scale_x, scale_y), (geo.crop_x, geo.crop_y, geo.crop_x, geo.crop_y)
+    mapped = torch.stack([boxes[:, i].float() * scale[i] - crop[i] for i in range(4)], dim=1)
     if geo.flip:
         mapped = torch.stack([geo.out_w - mapped[:, 2], mapped[:, 1], geo.out_w - mapped[:, 0], mapped[:, 3]], dim=1)
     keep = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])  # mmtrack's only filter without clipping

@@ -12,6 +12,7 @@ drawn from the same uniforms:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -131,7 +132,13 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
     fraction = h - sector
     table = torch.stack([value, value * (1 - saturation), value * (1 - saturation * fraction),
                          value * (1 - saturation * (1 - fraction))], dim=-1)
-    return table.gather(-1, _SECTOR_RGB.to(h.device)[sector.long().clamp_(0, 5)])
+    return table.gather(-1, _sector_rgb(h.device)[sector.long().clamp_(0, 5)])
+
+
+@functools.lru_cache(maxsize=8)
+def _sector_rgb(device: torch.device) -> Tensor:
+    """_SECTOR_RGB on `device`, copied there once (a copy from host memory waits for the GPU)."""
+    return _SECTOR_RGB.to(device)
 
 
 # RGB -> YIQ (NTSC). Rows of I and Q sum to 0, so grey stays grey under any chroma change.
@@ -169,9 +176,10 @@ def apply_colour(image: Tensor, colour: Tensor, out: Tensor | None = None, rows_
     """
     out = torch.empty_like(image) if out is None else out
     matrix, bias = colour[:, :3], colour[:, 3:] + 0.5  # + 0.5: rounding by truncation
-    for start in range(0, image.shape[1], rows_per_chunk):
-        chunk = image[:, start:start + rows_per_chunk]
-        mapped = torch.addmm(bias, matrix, chunk.reshape(3, -1).float()).clamp_(0, 255)
-        # float -> int16 -> uint8 is several times faster than float -> uint8 on CPU, and exact after the clamp.
-        out[:, start:start + rows_per_chunk] = mapped.to(torch.int16).view_as(chunk)
+    with torch.autocast(image.device.type, enabled=False):  # views are built inside the step's autocast: addmm
+        for start in range(0, image.shape[1], rows_per_chunk):  # would run in bf16 there (pixels off by one)
+            chunk = image[:, start:start + rows_per_chunk]
+            mapped = torch.addmm(bias, matrix, chunk.reshape(3, -1).float()).clamp_(0, 255)
+            # float -> int16 -> uint8 is several times faster than float -> uint8 on CPU, and exact after the clamp.
+            out[:, start:start + rows_per_chunk] = mapped.to(torch.int16).view_as(chunk)
     return out

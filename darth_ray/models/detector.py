@@ -6,6 +6,7 @@ matters are written out here; everything else (RPN head, FPN, RoIAlign, NMS, sam
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -49,6 +50,12 @@ def grid_anchors(base: Tensor, feat_size: tuple[int, int], stride: int) -> Tenso
 
 
 # ------------------------------------------------------------------------------------------------- box coding
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small constant tensor made once per device: a new one from host memory would wait for the GPU each step."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
 def decode_boxes(reference: Tensor, deltas: Tensor, stds: Sequence[float],
                  max_log_size_delta: float = MAX_LOG_SIZE_DELTA) -> Tensor:
     """Apply (dx, dy, dw, dh) deltas to x1y1x2y2 reference boxes: mmdet delta2bbox with means 0.
@@ -56,7 +63,7 @@ def decode_boxes(reference: Tensor, deltas: Tensor, stds: Sequence[float],
     The arithmetic follows delta2bbox operation by operation (not torchvision's BoxCoder.decode, which clamps only
     from above and orders the operations differently) so that converted models reproduce MMDetection exactly.
     """
-    deltas = deltas.reshape(-1, 4) * deltas.new_tensor(list(stds)).view(1, 4)
+    deltas = deltas.reshape(-1, 4) * _constant(tuple(stds), deltas.device, deltas.dtype).view(1, 4)
     dxy, dwh = deltas[:, :2], deltas[:, 2:]
     pxy = (reference[:, :2] + reference[:, 2:]) * 0.5
     pwh = reference[:, 2:] - reference[:, :2]
@@ -93,7 +100,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.long, device=boxes.device)
-    offsets = idxs.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
+    offsets = idxs.to(boxes) * (boxes.max() + 1)
     boxes_for_nms = boxes + offsets[:, None]
     if boxes.shape[0] < 10000:
         return mmcv_nms(boxes_for_nms, scores, iou_threshold)
