@@ -492,7 +492,15 @@ def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(scheduler,
         return [p for p in folder.glob("checkpoint_*") if p.is_dir()]
     assert [len(checkpoints(trial)) for trial in rows] == [5, 5]
     assert not (donor / "checkpoint_000000").exists()
-    assert max(len(checkpoints(run)) for run in (tmp_path / "pbt" / "train").iterdir() if run.is_dir()) == 2
+    train = tmp_path / "pbt" / "train"
+    assert max(len(checkpoints(run)) for run in train.iterdir() if run.is_dir()) == 2
+    # A restarted trial goes on from its Tune checkpoint: its earlier Train runs keep their logs, not checkpoints.
+    for path, trial_rows in rows.items():
+        newest = Path(trial_rows[-1]["checkpoint_path"]).parent
+        earlier = [run for run in train.glob(f"{trial_rows[-1]['trial_id']}*") if run != newest]
+        if path == clone:
+            assert earlier
+        assert not [c for run in earlier for c in checkpoints(run)] and checkpoints(newest)
     assert after[0]["resumed_from_step"] == 6
     old_lr, new_lr = before[0]["config"]["darth"]["lr"], after[0]["config"]["darth"]["lr"]
     assert new_lr != old_lr and 1e-4 <= new_lr <= 1e-2
