@@ -506,8 +506,11 @@ def test_pbt_restarts_the_worse_trial_from_the_better_ones_checkpoint(scheduler,
     assert new_lr != old_lr and 1e-4 <= new_lr <= 1e-2
 
     # Steps 7 and 8 replayed here from the donor's checkpoint with the perturbed config give the clone's losses:
-    # its weights were the donor's, and it trains with the new lr.
-    state = torch.load(Path(after[0]["start_from"]) / STATE_FILE, weights_only=False)
+    # its weights were the donor's, and it trains with the new lr. The clone read them from its own copy (Tune may
+    # delete the donor's checkpoint before the clone's workers start).
+    donor_state = (Path(after[0]["start_from"]) / STATE_FILE).read_bytes()
+    assert (clone / "start_checkpoint" / STATE_FILE).read_bytes() == donor_state
+    state = torch.load(clone / "start_checkpoint" / STATE_FILE, weights_only=False)
     assert state["step"] == 6
     config = TrainLoopConfig.from_dict({k: v for k, v in after[0]["config"].items()})
     sequences = load_sequences(config.target, split=config.split)

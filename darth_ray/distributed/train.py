@@ -70,8 +70,11 @@ class TrainLoopConfig:
     report_every: int = 1            # steps between metric reports (a barrier; W&B's train/* rows come from them)
     eval_every_epoch: bool = True
     # A checkpoint directory to start from when the run has none of its own: the Tune checkpoint a trial restarted
-    # by PBT continues from (a donor's after an exploit); its hyperparameters are this config's.
+    # by PBT continues from (a donor's after an exploit); its hyperparameters are this config's. Read from
+    # `start_copy` when set: the trial's private copy of it (Tune deletes a donor's older checkpoints as the donor
+    # reports new ones, possibly before this run's workers got resources and read it).
     start_from: str | None = None
+    start_copy: str | None = None
     final_eval: bool = True          # track + score the adapted student at the end
 
     def __post_init__(self):
@@ -271,7 +274,8 @@ def train_func(config: dict) -> str | None:
     if world > 1:
         OverlappedAllReduce(run.method.params)  # its hooks average every backward's gradients
     last_eval = not_evaluated()  # the evaluations so far: none, or a checkpoint's
-    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(loop.start_from) if loop.start_from else None)
+    start = loop.start_copy or loop.start_from
+    checkpoint = ray.train.get_checkpoint() or (ray.train.Checkpoint(start) if start else None)
     resumed_from = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

@@ -272,7 +272,8 @@ def _trial(config: dict, base: dict) -> None:
         config["darth"] = {**config["darth"], "seed": config["darth"]["seed"] + repeat}
     start = tune.get_checkpoint()
     if start is not None:
-        config = {**config, "start_from": start.path}
+        copy = private_copy(Path(start.path), Path(tune.get_context().get_trial_dir()) / "start_checkpoint")
+        config = {**config, "start_from": start.path, "start_copy": str(copy)}
         earlier_runs = [storage / trial_id, *storage.glob(f"{trial_id}.*")]
         name = f"{trial_id}.{len(earlier_runs)}"
         drop_superseded_checkpoints(earlier_runs)
@@ -284,6 +285,16 @@ def _trial(config: dict, base: dict) -> None:
         raise result.error
 
 
+def private_copy(checkpoint: Path, target: Path) -> Path:
+    """`checkpoint` (a folder) copied to `target`, replacing an earlier copy; atomic: a copy cut short is never used."""
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(checkpoint, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
 def drop_superseded_checkpoints(train_runs: list[Path]) -> None:
     """A trial PBT restarts goes on from its Tune checkpoint, a copy in the trial's own folder (Tune keeps its newest
     `keep_checkpoints`): the checkpoints of the trial's earlier Train runs are superseded. Removing them bounds the
@@ -291,7 +302,8 @@ def drop_superseded_checkpoints(train_runs: list[Path]) -> None:
     epochs of the small model); the runs' logs stay."""
     for run in train_runs:
         for checkpoint in run.glob("checkpoint_*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            if checkpoint.is_dir():  # not checkpoint_manager_snapshot.json
+                shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 class WandbCallback(tune.Callback):
