@@ -21,6 +21,7 @@ mmengine, tqdm): it imports darth_ray from the checkout; tracking is timed, not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import importlib.machinery
@@ -33,6 +34,7 @@ import traceback
 import types
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -132,39 +134,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_darth(source: Path, data: Path, config: DarthConfig, device: torch.device, steps: int) -> dict:
-    """frames/s over `steps` steps after one warm-up step, then where a step's time goes (synchronised timers)."""
+@contextlib.contextmanager
+def fresh_run(source: Path, data: Path, config: DarthConfig, device: torch.device) -> Iterator[AdaptationRun]:
+    """An AdaptationRun over every frame of `data`, made after what earlier runs left is freed (their models and
+    optimiser state would count in this one's peak memory); its frame threads are closed after."""
     sequences = load_sequences(data, require_images=True)
     frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
-    result = {}
-    for phase in ("throughput", "breakdown"):
-        release(device)  # the last run's models and optimiser state do not count in this one's peak
-        run = AdaptationRun(source, sequences, frames, config, device=str(device))
-        try:
-            run.run_step()  # warm-up: allocator, first decode, lazy CUDA initialisation
-            times = _timed_pieces(run, device) if phase == "breakdown" else defaultdict(float)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                run.run_step()
-            synchronize(device)
-            elapsed = time.perf_counter() - start
-        finally:
-            _restore_pieces()
-            run.frames_ahead.close()
-        if phase == "throughput":
-            result["frames_per_s"] = steps * config.frames_per_batch / elapsed
-            result["step_s"] = elapsed / steps
-            if device.type == "cuda":
-                result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-        else:
-            result["outside_model_share"] = sum(times[k] for k in OUTSIDE) / elapsed
-            result["outside_model_s"] = {k: times[k] / steps for k in OUTSIDE}
-        del run
     release(device)
-    return result
+    run = AdaptationRun(source, sequences, frames, config, device=str(device))
+    try:
+        yield run
+    finally:
+        run.frames_ahead.close()
 
 
 def release(device: torch.device) -> None:
@@ -174,21 +155,41 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def measure_darth(source: Path, data: Path, config: DarthConfig, device: torch.device, steps: int) -> dict:
+    """frames/s over `steps` steps after one warm-up step, then where a step's time goes (synchronised timers)."""
+    result = {}
+    for phase in ("throughput", "breakdown"):
+        with fresh_run(source, data, config, device) as run:
+            run.run_step()  # warm-up: allocator, first decode, lazy CUDA initialisation
+            try:
+                times = _timed_pieces(run, device) if phase == "breakdown" else defaultdict(float)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                synchronize(device)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    run.run_step()
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+            finally:
+                _restore_pieces()
+        if phase == "throughput":
+            result["frames_per_s"] = steps * config.frames_per_batch / elapsed
+            result["step_s"] = elapsed / steps
+            if device.type == "cuda":
+                result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        else:
+            result["outside_model_share"] = sum(times[k] for k in OUTSIDE) / elapsed
+            result["outside_model_s"] = {k: times[k] / steps for k in OUTSIDE}
+    return result
+
+
 def fp16_steps(source: Path, data: Path, config: DarthConfig, device: torch.device, steps: int = 3) -> dict:
     """fp16 autocast with its gradient scaler (GPUs without bf16) for a few steps: finite losses, the loss scale."""
-    sequences = load_sequences(data, require_images=True)
-    frames = [(s.name, f) for s in sequences for f in range(1, s.num_frames + 1)]
-    release(device)
-    run = AdaptationRun(source, sequences, frames, config, device=str(device))
-    try:
+    with fresh_run(source, data, config, device) as run:
         losses = [run.run_step()["loss_total"] for _ in range(steps)]
-    finally:
-        run.frames_ahead.close()
-    result = {"loss_total": losses, "finite": all(math.isfinite(v) for v in losses),
-              "loss_scale": run.method.precision.scaler.get_scale()}
-    del run
-    release(device)
-    return result
+        scale = run.method.precision.scaler.get_scale()
+    return {"loss_total": losses, "finite": all(math.isfinite(v) for v in losses), "loss_scale": scale}
 
 
 # (module, function, label): the pieces of a DARTH step outside the model, timed by wrapping them where called.

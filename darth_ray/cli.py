@@ -171,6 +171,14 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="torch device (auto: cuda when available, else cpu)")
 
 
+def parsed_device(p: argparse.ArgumentParser, requested: str) -> str:
+    """resolve_device for a script with its own parser: a device that is not there is its usage error."""
+    try:
+        return resolve_device(requested)
+    except InputError as e:
+        p.error(str(e))
+
+
 def _train_source(args: argparse.Namespace) -> None:
     import torch
 

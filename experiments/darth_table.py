@@ -33,11 +33,11 @@ import torch  # noqa: E402
 from darth_ray.adapt.config import PROTOCOLS, DarthConfig  # noqa: E402
 from darth_ray.adapt.loop import adapt  # noqa: E402
 from darth_ray.adapt.methods import METHODS  # noqa: E402
-from darth_ray.cli import add_device_option, resolve_device  # noqa: E402
+from darth_ray.cli import add_device_option, parsed_device  # noqa: E402
 from darth_ray.data.synth import DEFAULT_TARGET_DOMAINS, SOURCE_DOMAIN  # noqa: E402
 from darth_ray.embedded import BENCHMARK, DARTH_SETTINGS, ensure_benchmark, ensure_source_model  # noqa: E402
 from darth_ray.eval.metrics import COMBINED  # noqa: E402
-from darth_ray.io import InputError, atomic_write_text, file_sha256  # noqa: E402
+from darth_ray.io import atomic_write_text, file_sha256  # noqa: E402
 
 log = logging.getLogger("darth_table")
 COLUMNS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
@@ -180,10 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-readme", action="store_true", help="only write runs/table/tables.md")
     add_device_option(p)
     args = p.parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-    except InputError as e:
-        p.error(str(e))
+    device = parsed_device(p, args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)

@@ -18,11 +18,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from darth_ray.cli import add_device_option, resolve_device  # noqa: E402
+from darth_ray.cli import add_device_option, parsed_device  # noqa: E402
 from darth_ray.data.mot import load_sequences  # noqa: E402
 from darth_ray.eval.metrics import COMBINED  # noqa: E402
 from darth_ray.eval.track import track_and_score  # noqa: E402
-from darth_ray.io import InputError, atomic_write_json  # noqa: E402
+from darth_ray.io import atomic_write_json  # noqa: E402
 from darth_ray.models.qdtrack import load_checkpoint  # noqa: E402
 
 COLUMNS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
@@ -54,10 +54,7 @@ def main(argv=None) -> int:
     for path in (args.source, args.adapted):
         if not path.is_file():
             p.error(f"checkpoint not found: {path}")
-    try:
-        device = resolve_device(args.device)
-    except InputError as e:
-        p.error(str(e))
+    device = parsed_device(p, args.device)
     source, _ = load_checkpoint(args.source, map_location=device)
     adapted, _ = load_checkpoint(args.adapted, map_location=device)
     table = swap_table(source, adapted, load_sequences(args.target, split=args.split))

@@ -296,10 +296,9 @@ def private_copy(checkpoint: Path, target: Path) -> Path:
 
 
 def drop_superseded_checkpoints(train_runs: list[Path]) -> None:
-    """A trial PBT restarts goes on from its Tune checkpoint, a copy in the trial's own folder (Tune keeps its newest
-    `keep_checkpoints`): the checkpoints of the trial's earlier Train runs are superseded. Removing them bounds the
-    disk to one Train run's checkpoints per trial instead of one per trial and epoch (~16 GB for 8 trials x 6
-    epochs of the small model); the runs' logs stay."""
+    """A trial PBT restarts goes on from its copy of a Tune checkpoint (`private_copy`), never from its earlier Train
+    runs: their checkpoints are superseded. Removing them bounds the disk to one Train run's checkpoints per trial
+    instead of one per trial and epoch (~16 GB for 8 trials x 6 epochs of the small model); the runs' logs stay."""
     for run in train_runs:
         for checkpoint in run.glob("checkpoint_*"):
             if checkpoint.is_dir():  # not checkpoint_manager_snapshot.json
